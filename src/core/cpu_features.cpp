@@ -1,0 +1,40 @@
+#include "core/cpu_features.h"
+
+#include <cstdlib>
+#include <fstream>
+
+namespace mambacpp {
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures features = [] {
+    CpuFeatures f;
+    __builtin_cpu_init();
+    f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
+    std::ifstream info("/proc/cpuinfo");
+    for (std::string line; std::getline(info, line);) {
+      if (f.model_name.empty() && line.rfind("model name", 0) == 0) {
+        auto colon = line.find(':');
+        if (colon != std::string::npos) f.model_name = line.substr(line.find_first_not_of(" \t", colon + 1));
+      }
+      if (line.rfind("flags", 0) == 0 && line.find(" amx_tile") != std::string::npos) f.amx = true;
+    }
+    return f;
+  }();
+  return features;
+}
+
+std::string cpu_kernel_level() {
+  const CpuFeatures& f = cpu_features();
+  std::string level = f.avx512 ? "avx512" : f.avx2 ? "avx2" : "generic";
+  if (const char* cap = std::getenv("MAMBACPP_CPU")) {
+    const std::string c = cap;
+    if (c == "generic") level = "generic";
+    else if (c == "avx2" && level == "avx512") level = "avx2";
+  }
+  return level;
+}
+
+}  // namespace mambacpp

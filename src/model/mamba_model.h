@@ -1,0 +1,97 @@
+// The Mamba-1 language model (DESIGN.md's equations): embedding, n_layer residual blocks of
+// RMSNorm -> mixer (in_proj, causal depthwise conv, SiLU, selective scan, gate, out_proj), final
+// RMSNorm, lm_head. One flat parameter buffer described by one table (parameters.h) drives
+// loading, saving and (later) gradients and AdamW. Falcon-Mamba adds weightless RMSNorms on
+// dt, B and C. Compute is fp32; matrices may be held in BF16/F16 and widened in the kernels.
+//
+// Not thread-safe: a model owns one activation workspace, sized once per (batch, chunk length)
+// and reused, so forward() and step() allocate nothing after the first call of a given size.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/checkpoint.h"
+#include "io/config.h"
+
+namespace mambacpp {
+
+enum class WeightType { F32, BF16, F16 };  // how the 2-D matrices are held in memory
+std::string_view weight_type_name(WeightType t);
+
+struct LoadOptions {
+  // nullopt: F32, or the checkpoint's own dtype when every matrix in it is BF16 / F16.
+  std::optional<WeightType> weights;
+};
+
+// The recurrent state of `batch` sequences for every layer: conv state [B, E, W-1] (the last
+// W-1 inputs of the conv, oldest first) and SSM state [B, E, N], fp32.
+class InferenceState {
+ public:
+  InferenceState() = default;
+  InferenceState(const MambaConfig& c, int batch);
+  int batch() const { return batch_; }
+  void reset();                 // all sequences back to the empty context
+  void reset_slot(int b);
+  // Copies sequence `from_slot` of `from` (same model shape) into slot `to_slot` of this state.
+  void copy_slot(const InferenceState& from, int from_slot, int to_slot);
+  size_t bytes() const;
+  float* conv(int layer);  // [B, E, W-1]
+  float* ssm(int layer);   // [B, E, N]
+  const float* conv(int layer) const;
+  const float* ssm(int layer) const;
+
+ private:
+  int batch_ = 0;
+  int64_t conv_per_layer_ = 0, ssm_per_layer_ = 0;  // elements per layer (all B sequences)
+  std::vector<float> conv_, ssm_;
+  int64_t n_layer_ = 0;
+};
+
+enum class LogitsMode { None, Last, All };
+
+class MambaModel {
+ public:
+  // Reads the checkpoint folder (any format io reads) and validates every tensor against the
+  // parameter table: missing, extra or mis-shaped tensors are a BadInput naming file and tensor.
+  static MambaModel load(const std::filesystem::path& dir, const LoadOptions& options = {});
+  // `source` names the origin in error messages. Accepts HF names and mamba_ssm names.
+  static MambaModel from_tensors(const MambaConfig& config, const TensorMap& tensors, const std::string& source,
+                                 const LoadOptions& options = {});
+  // Random weights of the given shape (benchmarks, tests): N(0, 0.02) matrices, HF-like init.
+  static MambaModel random(const MambaConfig& config, uint64_t seed, WeightType weights = WeightType::F32);
+
+  MambaModel(MambaModel&&) noexcept;
+  MambaModel& operator=(MambaModel&&) noexcept;
+  ~MambaModel();
+
+  const MambaConfig& config() const;
+  int64_t parameter_count() const;
+  size_t weight_bytes() const;  // bytes of parameters held in memory
+  WeightType weight_type() const;
+  // Every stored tensor under its HF name (lm_head.weight only when untied), as `dtype`.
+  std::vector<std::pair<std::string, Tensor>> hf_tensors(DType dtype) const;
+
+  InferenceState new_state(int batch) const { return InferenceState(config(), batch); }
+
+  // Runs tokens [batch, length] (row-major, every id < vocab_size) starting from `state` and
+  // leaves the final states in it. Long inputs are processed in chunks carrying the state, so
+  // memory does not grow with length. logits: All -> [batch, length, V]; Last -> [batch, V];
+  // None -> not computed (may be null). hidden, if not null: final-norm output [batch, length, D].
+  void forward(const int32_t* tokens, int batch, int64_t length, InferenceState& state, LogitsMode mode,
+               float* logits, float* hidden = nullptr);
+  // One token for each of state.batch() sequences: tokens [B] -> logits [B, V]. Cost does not
+  // depend on how long the context is; allocates nothing after the first call of a batch size.
+  void step(const int32_t* tokens, InferenceState& state, float* logits);
+
+ private:
+  struct Impl;
+  explicit MambaModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mambacpp
