@@ -1,0 +1,83 @@
+// The ops Mamba needs, each behind one signature. Shapes are in comments; "ld" is the distance in
+// elements between consecutive rows (tokens), so ops read column slices of a wider buffer (x and
+// z inside in_proj's output, dt/B/C inside x_proj's) without copies. Tokens of a [batch, length]
+// chunk are rows b * length + t.
+//
+// Rule: every op overwrites its output, except where `accumulate` says += (residual stream).
+// Each op has an fp32 scalar twin in reference.h that tests compare against; the functions here
+// pick the fastest kernel for this CPU once (core/cpu_features.h) and are what the model calls.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace mambacpp::ops {
+
+// A weight matrix as held in memory: [out_features, in_features] row-major (torch.nn.Linear's
+// layout), in F32, BF16 or F16; kernels widen to fp32.
+struct Weight {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t out_features = 0, in_features = 0;
+};
+
+// out[m, :] = table[ids[m], :]   ids [M] (each < table.out_features), table [V, D], out [M, D]
+void embedding(const int32_t* ids, int64_t M, const Weight& table, float* out, int64_t out_ld);
+
+// y[m, :] = x[m, :] / sqrt(mean(x[m, :]^2) + eps) * weight   x, y [M, D]; weight [D] or null
+// (weightless, as Falcon-Mamba's dt/B/C norms). y may equal x.
+void rmsnorm(const float* x, int64_t x_ld, int64_t M, int64_t D, const float* weight, float eps, float* y,
+             int64_t y_ld);
+
+// y[m, :] (=|+=) x[m, :] @ w^T + bias    x [M, in], w [out, in], bias [out] or null, y [M, out]
+void linear(const float* x, int64_t x_ld, int64_t M, const Weight& w, const float* bias, float* y, int64_t y_ld,
+            bool accumulate);
+
+// Causal depthwise conv over time, then SiLU, for `batch` sequences of `length` tokens that
+// continue from `state`:
+//   out[b,t,e] = silu(bias[e] + sum_k weight[e,k] * xin[b, t - (W-1) + k, e])
+// where positions before t = 0 come from state [B, E, W-1] (oldest first). On return state holds
+// the last W-1 inputs of each sequence. x, out: [B*length, E]; weight [E, W]; bias [E] or null.
+struct ConvArgs {
+  int batch = 0;
+  int64_t length = 0, channels = 0;
+  int width = 0;
+  const float* x = nullptr;
+  int64_t x_ld = 0;
+  const float* weight = nullptr;
+  const float* bias = nullptr;
+  float* state = nullptr;
+  float* out = nullptr;
+  int64_t out_ld = 0;
+};
+void causal_conv1d_silu(const ConvArgs& a);
+
+// Selective scan with the discretisation, D skip and gate fused, continuing from `state`:
+//   dt        = softplus(dt_in[b,t,e] + dt_bias[e])
+//   h[e,n]    = exp(dt * A[e,n]) * h[e,n] + dt * Bm[b,t,n] * x[b,t,e]
+//   y[b,t,e]  = (sum_n h[e,n] * Cm[b,t,n] + D[e] * x[b,t,e]) * silu(z[b,t,e])
+// state [B, E, N] in/out (fp32); A [E, N] = -exp(A_log); x, dt_in, z, y: [B*length, E];
+// Bm, Cm: [B*length, N]. The state is never written per token, only at the end.
+struct ScanArgs {
+  int batch = 0;
+  int64_t length = 0, d_inner = 0, d_state = 0;
+  const float* x = nullptr;
+  int64_t x_ld = 0;
+  const float* dt = nullptr;
+  int64_t dt_ld = 0;
+  const float* dt_bias = nullptr;
+  const float* A = nullptr;
+  const float* Bm = nullptr;
+  const float* Cm = nullptr;
+  int64_t bc_ld = 0;
+  const float* D = nullptr;
+  const float* z = nullptr;
+  int64_t z_ld = 0;
+  float* state = nullptr;
+  float* y = nullptr;
+  int64_t y_ld = 0;
+};
+void selective_scan(const ScanArgs& a);
+
+}  // namespace mambacpp::ops

@@ -1,0 +1,17 @@
+// Plain fp32 scalar twins of ops.h, same signatures: the slow truth every fast kernel is tested
+// against. Written for clarity, not speed.
+#pragma once
+
+#include "ops/ops.h"
+
+namespace mambacpp::ops::reference {
+
+void embedding(const int32_t* ids, int64_t M, const Weight& table, float* out, int64_t out_ld);
+void rmsnorm(const float* x, int64_t x_ld, int64_t M, int64_t D, const float* weight, float eps, float* y,
+             int64_t y_ld);
+void linear(const float* x, int64_t x_ld, int64_t M, const Weight& w, const float* bias, float* y, int64_t y_ld,
+            bool accumulate);
+void causal_conv1d_silu(const ConvArgs& a);
+void selective_scan(const ScanArgs& a);
+
+}  // namespace mambacpp::ops::reference
