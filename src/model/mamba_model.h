@@ -4,24 +4,24 @@
 // loading, saving and (later) gradients and AdamW. Falcon-Mamba adds weightless RMSNorms on
 // dt, B and C. Compute is fp32; matrices may be held in BF16/F16 and widened in the kernels.
 //
-// Not thread-safe: a model owns one activation workspace, sized once per (batch, chunk length)
-// and reused, so forward() and step() allocate nothing after the first call of a given size.
+// Not thread-safe: a model owns one activation workspace of batch x chunk rows, grown only when a
+// call needs more rows and otherwise reused, so forward() and step() allocate nothing after the
+// first call of a given size (nor after any larger one).
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
 #include "io/checkpoint.h"
 #include "io/config.h"
+#include "model/parameters.h"  // WeightType
 
 namespace mambacpp {
-
-enum class WeightType { F32, BF16, F16 };  // how the 2-D matrices are held in memory
-std::string_view weight_type_name(WeightType t);
 
 struct LoadOptions {
   // nullopt: F32, or the checkpoint's own dtype when every matrix in it is BF16 / F16.
@@ -58,6 +58,7 @@ class MambaModel {
  public:
   // Reads the checkpoint folder (any format io reads) and validates every tensor against the
   // parameter table: missing, extra or mis-shaped tensors are a BadInput naming file and tensor.
+  // A mapped file's pages are handed back as they are copied: loading peaks near the model's size.
   static MambaModel load(const std::filesystem::path& dir, const LoadOptions& options = {});
   // `source` names the origin in error messages. Accepts HF names and mamba_ssm names.
   static MambaModel from_tensors(const MambaConfig& config, const TensorMap& tensors, const std::string& source,
@@ -71,7 +72,7 @@ class MambaModel {
 
   const MambaConfig& config() const;
   int64_t parameter_count() const;
-  size_t weight_bytes() const;  // bytes of parameters held in memory
+  size_t weight_bytes() const;  // bytes of parameters held in memory (with alignment and A = -exp(A_log))
   WeightType weight_type() const;
   // Every stored tensor under its HF name (lm_head.weight only when untied), as `dtype`.
   std::vector<std::pair<std::string, Tensor>> hf_tensors(DType dtype) const;
@@ -82,15 +83,29 @@ class MambaModel {
   // leaves the final states in it. Long inputs are processed in chunks carrying the state, so
   // memory does not grow with length. logits: All -> [batch, length, V]; Last -> [batch, V];
   // None -> not computed (may be null). hidden, if not null: final-norm output [batch, length, D].
+  // An id outside the vocabulary is a BadInput naming it and its position (state untouched).
   void forward(const int32_t* tokens, int batch, int64_t length, InferenceState& state, LogitsMode mode,
                float* logits, float* hidden = nullptr);
   // One token for each of state.batch() sequences: tokens [B] -> logits [B, V]. Cost does not
   // depend on how long the context is; allocates nothing after the first call of a batch size.
   void step(const int32_t* tokens, InferenceState& state, float* logits);
 
+  // Tokens per sequence processed at once (default kDefaultChunkLength); with many sequences the
+  // chunk shrinks so that batch x chunk stays within kMaxChunkRows. Results do not depend on it
+  // beyond rounding; tests set it small to cross chunk boundaries.
+  static constexpr int64_t kDefaultChunkLength = 512;
+  static constexpr int64_t kMaxChunkRows = 4096;
+  void set_chunk_length(int64_t tokens);
+  int64_t chunk_length() const;
+  // Bytes of the activation workspace now allocated (grows to batch x chunk rows, never with L).
+  size_t workspace_bytes() const;
+
  private:
   struct Impl;
   explicit MambaModel(std::unique_ptr<Impl> impl);
+  // from_tensors; with release_sources, the tensors' pages are handed back once copied (load()).
+  static MambaModel from_tensors_impl(const MambaConfig& config, const TensorMap& tensors, const std::string& source,
+                                      const LoadOptions& options, bool release_sources);
   std::unique_ptr<Impl> impl_;
 };
 
