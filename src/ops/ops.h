@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "core/tensor.h"
 
@@ -58,7 +59,8 @@ void causal_conv1d_silu(const ConvArgs& a);
 //   h[e,n]    = exp(dt * A[e,n]) * h[e,n] + dt * Bm[b,t,n] * x[b,t,e]
 //   y[b,t,e]  = (sum_n h[e,n] * Cm[b,t,n] + D[e] * x[b,t,e]) * silu(z[b,t,e])
 // state [B, E, N] in/out (fp32); A [E, N] = -exp(A_log); x, dt_in, z, y: [B*length, E];
-// Bm, Cm: [B*length, N]. The state is never written per token, only at the end.
+// Bm, Cm: [B*length, N]. dt_bias, D and z may be null (no bias, no skip, no gate). The state is never
+// written per token, only at the end.
 struct ScanArgs {
   int batch = 0;
   int64_t length = 0, d_inner = 0, d_state = 0;
@@ -79,5 +81,16 @@ struct ScanArgs {
   int64_t y_ld = 0;
 };
 void selective_scan(const ScanArgs& a);
+
+// Kernel selection, for tests and benchmarks. The kernel set is picked once from the CPU's
+// features (MAMBACPP_CPU=generic|avx2 caps it); kernel_level() names it ("avx2" or "generic").
+// set_kernel_level_for_testing switches to another set this CPU can run (throws otherwise).
+std::string_view kernel_level();
+void set_kernel_level_for_testing(std::string_view level);
+// linear streams the weights once for all rows of x while M is small (decode) and calls sgemm
+// from a measured number of rows on; tests and benches may force either path.
+enum class LinearPath { Auto, Streaming, Gemm };
+void force_linear_path_for_testing(LinearPath path);
+bool linear_uses_gemm(int64_t M, DType weight_dtype);
 
 }  // namespace mambacpp::ops

@@ -14,4 +14,10 @@ void linear(const float* x, int64_t x_ld, int64_t M, const Weight& w, const floa
 void causal_conv1d_silu(const ConvArgs& a);
 void selective_scan(const ScanArgs& a);
 
+// The same for channels [e0, e1) of sequence b only. The generic kernel level runs these in
+// parallel over (sequence, channel block); fast kernels use them for channels left over from
+// their vector width.
+void causal_conv1d_silu_channels(const ConvArgs& a, int b, int64_t e0, int64_t e1);
+void selective_scan_channels(const ScanArgs& a, int b, int64_t e0, int64_t e1);
+
 }  // namespace mambacpp::ops::reference
