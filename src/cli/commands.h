@@ -13,5 +13,6 @@ void register_logits(CLI::App& app);      // cmd_logits.cpp
 void register_tokenize(CLI::App& app);    // cmd_tokenize.cpp (tokenize, detokenize)
 void register_convert(CLI::App& app);     // cmd_convert.cpp
 void register_bench(CLI::App& app);       // cmd_bench.cpp
+void register_prepare(CLI::App& app);     // cmd_prepare.cpp
 
 }  // namespace mambacpp::cli

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   mambacpp::cli::register_tokenize(app);
   mambacpp::cli::register_convert(app);
   mambacpp::cli::register_bench(app);
+  mambacpp::cli::register_prepare(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

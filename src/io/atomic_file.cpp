@@ -91,4 +91,55 @@ void write_file_atomically(const fs::path& path, std::string_view text) {
   f.commit();
 }
 
+namespace {
+fs::path normalized_folder(const fs::path& target) {
+  fs::path dir = fs::absolute(target).lexically_normal();
+  if (dir.filename().empty()) dir = dir.parent_path();
+  if (dir == dir.root_path()) fail(target.string(), ": cannot replace the root folder");
+  return dir;
+}
+
+// Moves the finished folder `staged` to `dir`, an old `dir` aside first (put back on failure).
+void swap_into_place(const fs::path& staged, const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(dir, ec))) {
+    fs::rename(staged, dir, ec);
+    if (ec) fail(dir.string(), ": cannot move the written folder into place: ", ec.message());
+    return;
+  }
+  const fs::path old = unique_sibling(dir, "old");
+  fs::rename(dir, old, ec);
+  if (ec) fail(dir.string(), ": cannot move the existing folder aside: ", ec.message());
+  fs::rename(staged, dir, ec);
+  if (ec) {
+    std::error_code restore;
+    fs::rename(old, dir, restore);
+    if (restore)
+      fail(dir.string(), ": cannot move the written folder into place (", ec.message(),
+           "), nor the old one back: it is at ", old.string());
+    fail(dir.string(), ": cannot move the written folder into place: ", ec.message());
+  }
+  fs::remove_all(old, ec);  // the new folder is in place; a leftover is only untidy
+}
+}  // namespace
+
+AtomicDir::AtomicDir(const fs::path& target) : target_(normalized_folder(target)) {
+  temp_ = unique_sibling(target_, "tmp");
+  std::error_code ec;
+  if (!fs::create_directory(temp_, ec))
+    fail(target_.string(), ": cannot create a temporary folder beside it (", temp_.string(), "): ", ec.message());
+}
+
+AtomicDir::~AtomicDir() {
+  std::error_code ec;
+  if (!committed_) fs::remove_all(temp_, ec);
+}
+
+void AtomicDir::commit() {
+  sync_directory(temp_);
+  swap_into_place(temp_, target_);
+  committed_ = true;
+  sync_directory(target_.parent_path());
+}
+
 }  // namespace mambacpp

@@ -31,6 +31,29 @@ class AtomicFile {
 // Writes `text` to `path` atomically.
 void write_file_atomically(const std::filesystem::path& path, std::string_view text);
 
+// A folder that appears whole or not at all: files go into path(), a fresh temporary sibling of
+// the target, and commit() moves it into place. An existing target is moved aside first and
+// removed only once the new folder is in place; if the swap fails, the old one is put back.
+// Without commit() the temporary folder is removed. Whether an existing target may be replaced
+// is the caller's decision (check target() before writing).
+class AtomicDir {
+ public:
+  // "out/", "out/." and "out" are the same target; the root folder is refused (BadInput).
+  explicit AtomicDir(const std::filesystem::path& target);
+  ~AtomicDir();
+  AtomicDir(const AtomicDir&) = delete;
+  AtomicDir& operator=(const AtomicDir&) = delete;
+
+  const std::filesystem::path& path() const { return temp_; }
+  const std::filesystem::path& target() const { return target_; }  // absolute, normalized
+  // fsync the folder, swap it into place, fsync the parent.
+  void commit();
+
+ private:
+  std::filesystem::path target_, temp_;
+  bool committed_ = false;
+};
+
 // A fresh, empty, uniquely named entry beside `target` ("<parent>/.<name>.<tag>-<random>"); the
 // path is free at the time of the call (used for temporary folders).
 std::filesystem::path unique_sibling(const std::filesystem::path& target, std::string_view tag);

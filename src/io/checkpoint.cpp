@@ -95,50 +95,6 @@ void check_replaceable(const fs::path& dir) {
     fail(dir.string(), ": exists and is not a checkpoint folder (no config.json); refusing to replace it");
 }
 
-// Moves the finished folder `staged` to `dir`. An old `dir` is moved aside first and removed
-// only once the new one is in place; if the swap fails, the old one is put back.
-void swap_into_place(const fs::path& staged, const fs::path& dir) {
-  std::error_code ec;
-  if (!fs::exists(fs::symlink_status(dir, ec))) {
-    fs::rename(staged, dir, ec);
-    if (ec) fail(dir.string(), ": cannot move the written checkpoint into place: ", ec.message());
-    return;
-  }
-  const fs::path old = unique_sibling(dir, "old");
-  fs::rename(dir, old, ec);
-  if (ec) fail(dir.string(), ": cannot move the existing folder aside: ", ec.message());
-  fs::rename(staged, dir, ec);
-  if (ec) {
-    std::error_code restore;
-    fs::rename(old, dir, restore);
-    if (restore)
-      fail(dir.string(), ": cannot move the written checkpoint into place (", ec.message(),
-           "), nor the old one back: it is at ", old.string());
-    fail(dir.string(), ": cannot move the written checkpoint into place: ", ec.message());
-  }
-  fs::remove_all(old, ec);  // the new checkpoint is in place; a leftover is only untidy
-}
-
-// Removes the staging folder unless released.
-class StagingDir {
- public:
-  explicit StagingDir(const fs::path& target) : path_(unique_sibling(target, "tmp")) {
-    std::error_code ec;
-    if (!fs::create_directory(path_, ec))
-      fail(target.string(), ": cannot create a temporary folder beside it (", path_.string(), "): ", ec.message());
-  }
-  ~StagingDir() {
-    std::error_code ec;
-    if (!released_) fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  void release() { released_ = true; }
-
- private:
-  fs::path path_;
-  bool released_ = false;
-};
-
 }  // namespace
 
 Checkpoint read_checkpoint(const fs::path& dir) {
@@ -172,14 +128,10 @@ Checkpoint read_checkpoint(const fs::path& dir) {
 
 void write_hf_checkpoint(const fs::path& out_dir, const MambaConfig& config, const TensorMap& tensors,
                          const std::optional<fs::path>& tokenizer_json) {
-  // "out/", "out/." and "out" are the same folder; siblings are made beside its real name.
-  fs::path dir = fs::absolute(out_dir).lexically_normal();
-  if (dir.filename().empty()) dir = dir.parent_path();
-  if (dir == dir.root_path()) fail(out_dir.string(), ": cannot write a checkpoint over the root folder");
-  check_replaceable(dir);
+  AtomicDir staging(out_dir);
+  check_replaceable(staging.target());
   if (tokenizer_json && !is_file(*tokenizer_json)) fail(tokenizer_json->string(), ": tokenizer file does not exist");
 
-  StagingDir staging(dir);
   json cfg = to_hf_json(config);
   cfg["torch_dtype"] = torch_dtype_name(tensors);
   write_file_atomically(staging.path() / "config.json", cfg.dump(2) + "\n");
@@ -191,10 +143,7 @@ void write_hf_checkpoint(const fs::path& out_dir, const MambaConfig& config, con
     fs::copy_file(*tokenizer_json, staging.path() / "tokenizer.json", ec);
     if (ec) fail(tokenizer_json->string(), ": cannot copy into the checkpoint: ", ec.message());
   }
-  sync_directory(staging.path());
-  swap_into_place(staging.path(), dir);
-  staging.release();
-  sync_directory(dir.parent_path());
+  staging.commit();
 }
 
 }  // namespace mambacpp
