@@ -1,11 +1,7 @@
 // The built `mambacpp` binary (MAMBACPP_CLI), run as a user would: outputs against the fixtures
 // (logits, greedy ids, tokenizer ids), and every bad value giving its exit code (1 bad input,
 // 2 usage) with one line naming the flag and value, and no output file after a failure.
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -21,66 +17,26 @@
 #include "model_test_support.h"
 #include "text/tokenizer.h"
 
-extern char** environ;
-
 namespace mambacpp {
 namespace {
 
 namespace fs = std::filesystem;
-using testing::model_data;
-using testing::ModelTempDir;
+using testing::test_data;
+using testing::TempDir;
 using testing::to_ids;
 
-struct CliRun {
-  int code = -1;
-  std::string out, err;
-};
+using testing::CliRun;
+using testing::read_text;
+using testing::write_text;
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream all;
-  all << in.rdbuf();
-  return all.str();
-}
-
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary) << text;
-}
-
-// Runs the CLI with `args` (no shell), stdout and stderr captured through files. generate and
-// logits run on one thread unless `args` say otherwise: on a busy 2-core CI machine, threads
-// waiting at OpenMP barriers make a model this small many times slower.
-CliRun run_cli(const std::vector<std::string>& args) {
-  static ModelTempDir scratch;
-  const fs::path out = scratch.path() / "stdout", err = scratch.path() / "stderr";
-  std::vector<std::string> argv_strings = {MAMBACPP_CLI};
-  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+// generate and logits run on one thread unless `args` say otherwise: on a busy 2-core CI
+// machine, threads waiting at OpenMP barriers make a model this small many times slower.
+CliRun run_cli(std::vector<std::string> args) {
   const bool computes = !args.empty() && (args[0] == "generate" || args[0] == "logits");
   const bool has_threads = std::find(args.begin(), args.end(), "--threads") != args.end() ||
                            std::find(args.begin(), args.end(), "-t") != args.end();
-  if (computes && !has_threads) argv_strings.insert(argv_strings.end(), {"--threads", "1"});
-  std::vector<char*> argv;
-  for (auto& s : argv_strings) argv.push_back(s.data());
-  argv.push_back(nullptr);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = 0;
-  CliRun run;
-  const int spawn_error = posix_spawn(&pid, MAMBACPP_CLI, &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (spawn_error != 0) {
-    ADD_FAILURE() << "cannot run " << MAMBACPP_CLI;
-    return run;
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  run.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  run.out = slurp(out);
-  run.err = slurp(err);
-  return run;
+  if (computes && !has_threads) args.insert(args.end(), {"--threads", "1"});
+  return testing::run_cli(args);
 }
 
 std::string describe(const std::vector<std::string>& args, const CliRun& r) {
@@ -118,19 +74,19 @@ std::vector<int32_t> split_ids(const std::string& line) {
   return ids;
 }
 
-const std::string kTinyModel = model_data("hf-tiny-mamba").string();
-const std::string kTokenizer = model_data("tokenizer/tokenizer.json").string();
+const std::string kTinyModel = test_data("hf-tiny-mamba").string();
+const std::string kTokenizer = test_data("tokenizer/tokenizer.json").string();
 
 class CliTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    reference_ = new SafetensorsFile(read_safetensors(model_data("hf-tiny-mamba/reference.safetensors")));
+    reference_ = new SafetensorsFile(read_safetensors(test_data("hf-tiny-mamba/reference.safetensors")));
     // The tiny model with the fixture tokenizer beside it (vocab 2000 > 512: prompts below use
     // only ids < 512).
-    dir_ = new ModelTempDir();
+    dir_ = new TempDir();
     with_tokenizer_ = (dir_->path() / "with-tokenizer").string();
     fs::create_directory(with_tokenizer_);
-    for (const char* f : {"config.json", "model.safetensors"}) fs::copy(model_data("hf-tiny-mamba") / f, fs::path(with_tokenizer_) / f);
+    for (const char* f : {"config.json", "model.safetensors"}) fs::copy(test_data("hf-tiny-mamba") / f, fs::path(with_tokenizer_) / f);
     fs::copy(kTokenizer, fs::path(with_tokenizer_) / "tokenizer.json");
   }
   static void TearDownTestSuite() {
@@ -164,12 +120,12 @@ class CliTest : public ::testing::Test {
   }
 
   static SafetensorsFile* reference_;
-  static ModelTempDir* dir_;
+  static TempDir* dir_;
   static std::string with_tokenizer_;
 };
 
 SafetensorsFile* CliTest::reference_ = nullptr;
-ModelTempDir* CliTest::dir_ = nullptr;
+TempDir* CliTest::dir_ = nullptr;
 std::string CliTest::with_tokenizer_;
 
 TEST_F(CliTest, LogitsEqualTheReference) { expect_logits_match_reference("cli logits", {"--threads", "2"}); }
@@ -258,7 +214,7 @@ TEST_F(CliTest, SameSeedRepeatsAndEverySeedIsAccepted) {
 }
 
 TEST_F(CliTest, TokenizeAndDetokenizeMatchTheReference) {
-  const nlohmann::json reference = nlohmann::json::parse(slurp(model_data("tokenizer/reference.json")));
+  const nlohmann::json reference = nlohmann::json::parse(read_text(test_data("tokenizer/reference.json")));
   // The text module's tests check all 20 samples in-process; here a few that stress passing
   // bytes through: plain, tabs and newlines, accents/CJK/emoji, a special token, empty.
   int i = 0;
@@ -278,7 +234,7 @@ TEST_F(CliTest, TokenizeAndDetokenizeMatchTheReference) {
 
 TEST_F(CliTest, InfoDescribesBothCheckpointFormats) {
   for (const char* dir : {"hf-tiny-mamba", "mamba-ssm-tiny"}) {
-    const CliRun r = expect_exit(0, {"info", "--model", model_data(dir).string()});
+    const CliRun r = expect_exit(0, {"info", "--model", test_data(dir).string()});
     EXPECT_NE(r.out.find("vocab_size             512"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("parameters             98240"), std::string::npos) << r.out;  // 512*64 + 2 layers
     EXPECT_NE(r.out.find("F32 x"), std::string::npos) << r.out;
@@ -287,7 +243,7 @@ TEST_F(CliTest, InfoDescribesBothCheckpointFormats) {
 
 TEST_F(CliTest, ConvertedMambaSsmCheckpointGivesTheReferenceLogits) {
   const fs::path out = temp("converted");
-  expect_exit(0, {"convert", "--model", model_data("mamba-ssm-tiny").string(), "--out", out.string()});
+  expect_exit(0, {"convert", "--model", test_data("mamba-ssm-tiny").string(), "--out", out.string()});
   EXPECT_TRUE(fs::exists(out / "config.json"));
   EXPECT_TRUE(fs::exists(out / "generation_config.json"));
   const fs::path logits = temp("converted-logits.safetensors");

@@ -20,7 +20,7 @@
 namespace mambacpp {
 namespace {
 
-using testing::model_data;
+using testing::test_data;
 using testing::to_ids;
 
 class GenerateTest : public ::testing::Test {
@@ -29,9 +29,9 @@ class GenerateTest : public ::testing::Test {
     // One thread: on a busy 2-core CI machine, threads waiting at OpenMP barriers make a model
     // this small many times slower. SampledBatchesEqualSoloRuns also runs on two.
     set_num_threads(1);
-    model_ = new MambaModel(MambaModel::load(model_data("hf-tiny-mamba")));
-    reference_ = new SafetensorsFile(read_safetensors(model_data("hf-tiny-mamba/reference.safetensors")));
-    tokenizer_ = new Tokenizer(Tokenizer::from_file(model_data("tokenizer/tokenizer.json")));
+    model_ = new MambaModel(MambaModel::load(test_data("hf-tiny-mamba")));
+    reference_ = new SafetensorsFile(read_safetensors(test_data("hf-tiny-mamba/reference.safetensors")));
+    tokenizer_ = new Tokenizer(Tokenizer::from_file(test_data("tokenizer/tokenizer.json")));
   }
   static void TearDownTestSuite() {
     delete model_;

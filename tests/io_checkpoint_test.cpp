@@ -8,7 +8,7 @@
 
 #include "io/checkpoint.h"
 #include "io/json_fields.h"
-#include "io_test_support.h"
+#include "test_support.h"
 
 namespace mambacpp {
 namespace {

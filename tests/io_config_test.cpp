@@ -7,7 +7,7 @@
 
 #include "io/config.h"
 #include "io/json_fields.h"
-#include "io_test_support.h"
+#include "test_support.h"
 
 namespace mambacpp {
 namespace {

@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
-#include "io_test_support.h"
+#include "test_support.h"
 
 namespace mambacpp {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "io/safetensors.h"
 #include "io/torch_pickle.h"
-#include "io_test_support.h"
+#include "test_support.h"
 
 namespace mambacpp {
 namespace {

@@ -16,12 +16,12 @@
 namespace mambacpp {
 namespace {
 
-using testing::expect_bad_input_naming;
-using testing::model_data;
+using testing::expect_bad_input;
+using testing::test_data;
 
 struct TinyCheckpoint {
-  MambaConfig config = read_config(model_data("hf-tiny-mamba") / "config.json");
-  TensorMap tensors = read_safetensors(model_data("hf-tiny-mamba") / "model.safetensors").tensors;
+  MambaConfig config = read_config(test_data("hf-tiny-mamba") / "config.json");
+  TensorMap tensors = read_safetensors(test_data("hf-tiny-mamba") / "model.safetensors").tensors;
 };
 
 constexpr const char* kSource = "some/dir/model.safetensors";
@@ -30,46 +30,46 @@ const std::string kD = "backbone.layers.1.mixer.D";
 TEST(ModelErrors, MissingTensor) {
   TinyCheckpoint ck;
   ck.tensors.erase(kD);
-  expect_bad_input_naming([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
+  expect_bad_input([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
                           {kSource, kD, "missing", "[128]"});
 }
 
 TEST(ModelErrors, ExtraTensor) {
   TinyCheckpoint ck;
   ck.tensors["backbone.layers.2.mixer.D"] = ck.tensors.at(kD);  // a layer the config does not have
-  expect_bad_input_naming([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
+  expect_bad_input([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
                           {kSource, "backbone.layers.2.mixer.D", "unexpected"});
 }
 
 TEST(ModelErrors, MisShapedTensor) {
   TinyCheckpoint ck;
   ck.tensors[kD] = Tensor::zeros(DType::F32, {127});
-  expect_bad_input_naming([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
+  expect_bad_input([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
                           {kSource, kD, "[127]", "[128]"});
   // The conv weight must keep PyTorch's [E, 1, W] in files.
   TinyCheckpoint conv;
   conv.tensors["backbone.layers.0.mixer.conv1d.weight"] = Tensor::zeros(DType::F32, {128, 4});
-  expect_bad_input_naming([&] { MambaModel::from_tensors(conv.config, conv.tensors, kSource); },
+  expect_bad_input([&] { MambaModel::from_tensors(conv.config, conv.tensors, kSource); },
                           {"backbone.layers.0.mixer.conv1d.weight", "[128, 4]", "[128, 1, 4]"});
 }
 
 TEST(ModelErrors, NonFloatTensor) {
   TinyCheckpoint ck;
   ck.tensors[kD] = Tensor::zeros(DType::I64, {128});
-  expect_bad_input_naming([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); }, {kSource, kD, "I64"});
+  expect_bad_input([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); }, {kSource, kD, "I64"});
 }
 
 TEST(ModelErrors, BothEmbeddingSpellings) {
   TinyCheckpoint ck;
   ck.tensors["backbone.embedding.weight"] = ck.tensors.at("backbone.embeddings.weight");
-  expect_bad_input_naming([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
+  expect_bad_input([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
                           {kSource, "backbone.embedding.weight", "backbone.embeddings.weight", "twice"});
 }
 
 TEST(ModelErrors, TiedHeadThatDiffersFromTheEmbedding) {
   TinyCheckpoint ck;
   ck.tensors["lm_head.weight"] = Tensor::zeros(DType::F32, {512, 64});
-  expect_bad_input_naming([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
+  expect_bad_input([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
                           {kSource, "lm_head.weight", "tie"});
   // Equal values (here a converted copy) are accepted and ignored, as in mamba_ssm's files.
   TinyCheckpoint same;
@@ -80,7 +80,7 @@ TEST(ModelErrors, TiedHeadThatDiffersFromTheEmbedding) {
 TEST(ModelErrors, UntiedConfigNeedsTheHead) {
   TinyCheckpoint ck;
   ck.config.tie_embeddings = false;
-  expect_bad_input_naming([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
+  expect_bad_input([&] { MambaModel::from_tensors(ck.config, ck.tensors, kSource); },
                           {kSource, "lm_head.weight", "missing"});
 }
 
@@ -88,23 +88,23 @@ TEST(ModelErrors, UntiedConfigNeedsTheHead) {
 TEST(ModelErrors, LoadNamesTheFile) {
   TinyCheckpoint ck;
   ck.tensors.erase(kD);
-  testing::ModelTempDir dir;
+  testing::TempDir dir;
   std::vector<std::pair<std::string, Tensor>> list(ck.tensors.begin(), ck.tensors.end());
   write_safetensors(dir.path() / "model.safetensors", list);
-  std::filesystem::copy_file(model_data("hf-tiny-mamba") / "config.json", dir.path() / "config.json");
-  expect_bad_input_naming([&] { MambaModel::load(dir.path()); }, {"model.safetensors", kD, "missing"});
+  std::filesystem::copy_file(test_data("hf-tiny-mamba") / "config.json", dir.path() / "config.json");
+  expect_bad_input([&] { MambaModel::load(dir.path()); }, {"model.safetensors", kD, "missing"});
 }
 
 TEST(ModelErrors, TokenOutsideTheVocabulary) {
-  MambaModel model = MambaModel::load(model_data("hf-tiny-mamba"));
+  MambaModel model = MambaModel::load(test_data("hf-tiny-mamba"));
   const int32_t ids[2][3] = {{1, 2, 3}, {4, 512, 6}};
   std::vector<float> logits(2 * 512);
   InferenceState state = model.new_state(2);
-  expect_bad_input_naming([&] { model.forward(&ids[0][0], 2, 3, state, LogitsMode::Last, logits.data()); },
+  expect_bad_input([&] { model.forward(&ids[0][0], 2, 3, state, LogitsMode::Last, logits.data()); },
                           {"token id 512", "sequence 1", "position 1", "512 tokens"});
   const int32_t negative[2] = {-1, 0};
-  expect_bad_input_naming([&] { model.step(negative, state, logits.data()); }, {"token id -1", "sequence 0"});
-  expect_bad_input_naming([&] { model.forward(&ids[0][0], 2, 0, state, LogitsMode::Last, logits.data()); },
+  expect_bad_input([&] { model.step(negative, state, logits.data()); }, {"token id -1", "sequence 0"});
+  expect_bad_input([&] { model.forward(&ids[0][0], 2, 0, state, LogitsMode::Last, logits.data()); },
                           {"empty"});
 }
 

@@ -36,7 +36,7 @@ namespace mambacpp {
 namespace {
 
 TEST(ModelMemory, StepAndForwardAllocateNothingAfterTheirFirstCall) {
-  MambaModel model = MambaModel::load(testing::model_data("hf-tiny-mamba"));
+  MambaModel model = MambaModel::load(testing::test_data("hf-tiny-mamba"));
   constexpr int B = 3;
   const int64_t V = model.config().vocab_size;
   InferenceState state = model.new_state(B);
@@ -72,7 +72,7 @@ TEST(ModelMemory, StepAndForwardAllocateNothingAfterTheirFirstCall) {
 // parts are ~20x slower there; the bound being tested does not depend on the length.)
 TEST(ModelMemory, LongPromptRunsInAChunkSizedWorkspace) {
   const int64_t L = testing::kSanitized ? 10'000 : 100'000;
-  MambaModel model = MambaModel::load(testing::model_data("hf-tiny-mamba"));
+  MambaModel model = MambaModel::load(testing::test_data("hf-tiny-mamba"));
   const MambaConfig& c = model.config();
   Rng rng(3);
   std::vector<int32_t> prompt(static_cast<size_t>(L));
@@ -123,7 +123,7 @@ TEST(ModelMemory, LoadingPeaksNearTheModelsSize) {
   c.n_layer = 4;
   c.d_inner = 1024;
   c.dt_rank = 32;
-  testing::ModelTempDir dir;
+  testing::TempDir dir;
   {
     const MambaModel source = MambaModel::random(c, 5, WeightType::BF16);
     const auto list = source.hf_tensors(DType::BF16);
@@ -143,7 +143,7 @@ TEST(ModelMemory, LoadingPeaksNearTheModelsSize) {
 
 // InferenceState bookkeeping: slots reset and copy independently.
 TEST(ModelMemory, StateSlots) {
-  MambaModel model = MambaModel::load(testing::model_data("hf-tiny-mamba"));
+  MambaModel model = MambaModel::load(testing::test_data("hf-tiny-mamba"));
   const MambaConfig& c = model.config();
   InferenceState two = model.new_state(2), one = model.new_state(1);
   EXPECT_EQ(two.bytes(), size_t(2 * c.n_layer * c.d_inner * (c.d_conv - 1 + c.d_state)) * sizeof(float));

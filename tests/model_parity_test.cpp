@@ -15,7 +15,7 @@ namespace mambacpp {
 namespace {
 
 using testing::expect_parity;
-using testing::model_data;
+using testing::test_data;
 using testing::to_ids;
 
 struct Fixture {
@@ -25,7 +25,7 @@ struct Fixture {
   int B = 0;
   int64_t L = 0;
 
-  explicit Fixture(const std::string& folder) : name(folder), ref(read_safetensors(model_data(folder) / "reference.safetensors").tensors) {
+  explicit Fixture(const std::string& folder) : name(folder), ref(read_safetensors(test_data(folder) / "reference.safetensors").tensors) {
     const Tensor& t = ref.at("input_ids");
     ids = to_ids(t);
     B = int(t.dim(0));
@@ -104,13 +104,13 @@ void check_fixture(MambaModel& model, const Fixture& f) {
 }
 
 TEST(ModelParity, HfTinyMamba) {
-  MambaModel model = MambaModel::load(model_data("hf-tiny-mamba"));
+  MambaModel model = MambaModel::load(test_data("hf-tiny-mamba"));
   EXPECT_EQ(model.weight_type(), WeightType::F32);
   check_fixture(model, Fixture("hf-tiny-mamba"));
 }
 
 TEST(ModelParity, HfTinyFalconMamba) {
-  MambaModel model = MambaModel::load(model_data("hf-tiny-falcon-mamba"));
+  MambaModel model = MambaModel::load(test_data("hf-tiny-falcon-mamba"));
   ASSERT_TRUE(model.config().falcon());
   check_fixture(model, Fixture("hf-tiny-falcon-mamba"));
 }
@@ -118,15 +118,15 @@ TEST(ModelParity, HfTinyFalconMamba) {
 // mamba_ssm's pytorch_model.bin of the same weights (backbone.embedding.weight, tied
 // lm_head.weight stored too) must give hf-tiny-mamba's logits.
 TEST(ModelParity, MambaSsmCheckpointGivesHfLogits) {
-  MambaModel model = MambaModel::load(model_data("mamba-ssm-tiny"));
+  MambaModel model = MambaModel::load(test_data("mamba-ssm-tiny"));
   const Fixture f("hf-tiny-mamba");
   const ForwardResult r = run_forward(model, f);
   expect_parity("mamba-ssm-tiny logits", f.floats("logits"), r.logits.data(), int64_t(r.logits.size()), 1e-4);
 }
 
 // A copy of hf-tiny-mamba with every tensor stored as `dtype`, written by our own writer.
-std::filesystem::path write_copy(const testing::ModelTempDir& dir, DType dtype) {
-  const std::filesystem::path src = model_data("hf-tiny-mamba");
+std::filesystem::path write_copy(const testing::TempDir& dir, DType dtype) {
+  const std::filesystem::path src = test_data("hf-tiny-mamba");
   const SafetensorsFile file = read_safetensors(src / "model.safetensors");
   std::vector<std::pair<std::string, Tensor>> converted;
   for (const auto& [name, t] : file.tensors) converted.emplace_back(name, t.to(dtype));
@@ -159,28 +159,28 @@ void check_half_logits(MambaModel& model, const std::string& check, double unit_
 }
 
 TEST(ModelParity, F16CheckpointCopy) {
-  testing::ModelTempDir dir;
+  testing::TempDir dir;
   MambaModel model = MambaModel::load(write_copy(dir, DType::F16));
   EXPECT_EQ(model.weight_type(), WeightType::F16);  // every matrix F16 -> held as F16
   check_half_logits(model, "hf-tiny-mamba f16-checkpoint logits", 0x1p-11);
 }
 
 TEST(ModelParity, Bf16CheckpointCopy) {
-  testing::ModelTempDir dir;
+  testing::TempDir dir;
   MambaModel model = MambaModel::load(write_copy(dir, DType::BF16));
   EXPECT_EQ(model.weight_type(), WeightType::BF16);
   check_half_logits(model, "hf-tiny-mamba bf16-checkpoint logits", 0x1p-8);
 }
 
 TEST(ModelParity, Bf16WeightsFromF32Checkpoint) {
-  MambaModel model = MambaModel::load(model_data("hf-tiny-mamba"), LoadOptions{WeightType::BF16});
+  MambaModel model = MambaModel::load(test_data("hf-tiny-mamba"), LoadOptions{WeightType::BF16});
   EXPECT_EQ(model.weight_type(), WeightType::BF16);
   check_half_logits(model, "hf-tiny-mamba bf16-in-memory logits", 0x1p-8);
 }
 
 // The F32 checkpoint held as F32 explicitly, and a BF16 checkpoint widened to F32 on request.
 TEST(ModelParity, ExplicitWeightTypeOverridesTheFiles) {
-  testing::ModelTempDir dir;
+  testing::TempDir dir;
   MambaModel widened = MambaModel::load(write_copy(dir, DType::BF16), LoadOptions{WeightType::F32});
   EXPECT_EQ(widened.weight_type(), WeightType::F32);
   check_half_logits(widened, "hf-tiny-mamba bf16-checkpoint-as-f32 logits", 0x1p-8);

@@ -182,7 +182,7 @@ class OddShape : public ::testing::TestWithParam<bool> {};  // param: Falcon-Mam
 TEST_P(OddShape, ForwardAndStepMatchPlainDoubleReference) {
   const MambaConfig config = odd_config(GetParam());
   auto [weights, tensors] = random_weights(config, 42);
-  testing::ModelTempDir dir;
+  testing::TempDir dir;
   write_hf_checkpoint(dir.path() / "model", config, tensors, std::nullopt);
   MambaModel model = MambaModel::load(dir.path() / "model");
   ASSERT_EQ(model.config().falcon(), GetParam());
@@ -244,8 +244,8 @@ INSTANTIATE_TEST_SUITE_P(Model, OddShape, ::testing::Values(false, true),
 // The same input in one call, split into several calls carrying the state, and with a chunk length
 // far below its length: the same logits and final state (only rounding may differ).
 TEST(ModelChunking, SplitCallsAndShortChunksAgree) {
-  MambaModel model = MambaModel::load(testing::model_data("hf-tiny-mamba"));
-  const TensorMap ref = read_safetensors(testing::model_data("hf-tiny-mamba") / "reference.safetensors").tensors;
+  MambaModel model = MambaModel::load(testing::test_data("hf-tiny-mamba"));
+  const TensorMap ref = read_safetensors(testing::test_data("hf-tiny-mamba") / "reference.safetensors").tensors;
   const std::vector<int32_t> ids = testing::to_ids(ref.at("input_ids"));
   constexpr int B = 2;
   constexpr int64_t L = 37;

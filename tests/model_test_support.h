@@ -1,6 +1,6 @@
-// Helpers shared by the model tests: fixture paths, id conversion, a temporary folder, worst-element
-// comparisons that print "PARITY <check> max_abs_diff=<x>" lines (the figures the lead reports),
-// and an expectation that a call fails with a BadInput naming what it should.
+// Helpers shared by the model tests (beside test_support.h): id conversion, worst-element
+// comparisons that print "PARITY <check> max_abs_diff=<x>" lines (the figures the notes quote),
+// argmax and the next-token loss.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -16,10 +16,9 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "test_support.h"
 
 namespace mambacpp::testing {
-
-inline std::filesystem::path model_data(const std::string& rel) { return std::filesystem::path(MAMBACPP_TEST_DATA) / rel; }
 
 // True in sanitizer builds, where long tests run shorter.
 #if defined(__SANITIZE_ADDRESS__)
@@ -34,23 +33,6 @@ inline std::vector<int32_t> to_ids(const Tensor& t) {
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(p[i]);
   return ids;
 }
-
-class ModelTempDir {
- public:
-  ModelTempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "mambacpp-model-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~ModelTempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
 
 struct Worst {
   double diff = 0;  // max |expected - actual| (NaN counts as infinite)
@@ -99,19 +81,6 @@ inline double next_token_loss(const float* logits, const std::vector<int32_t>& i
       total += mx + std::log(sum) - double(row[ids[size_t(b * L + t + 1)]]);
     }
   return total / double(B * (L - 1));
-}
-
-// Runs `f`, which must throw a BadInput whose message contains every one of `parts`.
-inline void expect_bad_input_naming(const std::function<void()>& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::BadInput) << e.what();
-    for (const std::string& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message '" << e.what() << "' lacks '" << p << "'";
-    std::printf("error message: %s\n", e.what());
-    return;
-  }
-  ADD_FAILURE() << "no error thrown";
 }
 
 }  // namespace mambacpp::testing

@@ -19,7 +19,7 @@
 
 #include "core/rng.h"
 #include "core/threads.h"
-#include "io_test_support.h"
+#include "test_support.h"
 #include "text/bpe_trainer.h"
 #include "text/tokenizer.h"
 

@@ -2,10 +2,7 @@
 // seeded random windows, the train/val split, and `mambacpp prepare` end to end through the
 // built binary (MAMBACPP_CLI): output against the tokenizer's own ids, skipped inputs, and bad
 // flags or folders giving exit codes 1/2 with nothing written.
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <spawn.h>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstring>
@@ -20,11 +17,10 @@
 
 #include "core/error.h"
 #include "core/rng.h"
-#include "io_test_support.h"
+#include "test_support.h"
 #include "text/tokenizer.h"
 #include "train/token_data.h"
 
-extern char** environ;
 
 namespace mambacpp {
 namespace {
@@ -33,6 +29,7 @@ namespace fs = std::filesystem;
 using testing::expect_bad_input;
 using testing::list_dir;
 using testing::read_bytes;
+using testing::read_text;
 using testing::TempDir;
 using testing::write_bytes;
 using testing::write_text;
@@ -238,43 +235,8 @@ TEST(TrainValSplit, NoValidationKeepsDocumentsWholeAndInOrder) {
 
 // ---- mambacpp prepare -----------------------------------------------------------------------
 
-struct CliRun {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string read_text(const fs::path& p) {
-  const std::vector<std::byte> b = read_bytes(p);
-  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
-}
-
-// Runs the CLI (no shell) with stdout and stderr captured in files of `scratch`.
-CliRun run_cli(const std::vector<std::string>& args, const TempDir& scratch) {
-  std::vector<std::string> strings = {MAMBACPP_CLI};
-  strings.insert(strings.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& s : strings) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  const fs::path out = scratch / "stdout", err = scratch / "stderr";
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = 0;
-  CliRun run;
-  const int spawn_error = posix_spawn(&pid, MAMBACPP_CLI, &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (spawn_error != 0) {
-    ADD_FAILURE() << "cannot run " << MAMBACPP_CLI;
-    return run;
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  run.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  run.out = read_text(out);
-  run.err = read_text(err);
-  return run;
-}
+using testing::CliRun;
+using testing::run_cli;
 
 class PrepareCli : public ::testing::Test {
  protected:
@@ -295,7 +257,7 @@ class PrepareCli : public ::testing::Test {
   CliRun prepare(std::vector<std::string> args) {
     args.insert(args.begin(), "prepare");
     args.insert(args.end(), {"--threads", "1"});
-    return run_cli(args, scratch_);
+    return run_cli(args);
   }
   std::string path(const std::string& name) const { return (work_ / name).string(); }
 
@@ -308,7 +270,7 @@ class PrepareCli : public ::testing::Test {
     EXPECT_EQ(list_dir(work_.path()), (std::vector<std::string>{"a.dat", "a.txt", "b.txt"})) << r.err;
   }
 
-  TempDir work_, scratch_;
+  TempDir work_;
   std::string doc_a_, doc_b_;
 };
 

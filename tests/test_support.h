@@ -1,10 +1,15 @@
-// Helpers shared by the io tests: a temporary folder, whole-file read/write, and an expectation
-// that a call fails with a BadInput whose message names what it should.
+// Helpers every test program may use: fixture paths, a temporary folder, whole-file read/write,
+// an expectation that a call fails with a BadInput naming what it should, and running the built
+// `mambacpp` binary (MAMBACPP_CLI) with its output captured.
 #pragma once
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <spawn.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +21,8 @@
 
 #include "core/error.h"
 
+extern char** environ;
+
 namespace mambacpp::testing {
 
 inline std::filesystem::path test_data(const std::string& rel) {
@@ -25,7 +32,7 @@ inline std::filesystem::path test_data(const std::string& rel) {
 class TempDir {
  public:
   TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "mambacpp-io-XXXXXX").string();
+    std::string tmpl = (std::filesystem::temp_directory_path() / "mambacpp-test-XXXXXX").string();
     if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
     path_ = tmpl;
   }
@@ -56,6 +63,10 @@ inline void write_bytes(const std::filesystem::path& p, const std::vector<std::b
   write_bytes(p, b.data(), b.size());
 }
 inline void write_text(const std::filesystem::path& p, const std::string& s) { write_bytes(p, s.data(), s.size()); }
+inline std::string read_text(const std::filesystem::path& p) {
+  const std::vector<std::byte> b = read_bytes(p);
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
 
 // Runs `f`, which must throw a BadInput whose message contains every one of `parts`.
 inline void expect_bad_input(const std::function<void()>& f, std::initializer_list<std::string> parts) {
@@ -80,6 +91,41 @@ inline std::vector<std::string> list_dir(const std::filesystem::path& dir) {
   for (const auto& e : std::filesystem::directory_iterator(dir)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
+}
+
+struct CliRun {
+  int code = -1;  // exit code, or 128 + signal
+  std::string out, err;
+};
+
+// Runs the CLI with `args` (no shell), stdout and stderr captured through files in a folder of
+// its own.
+inline CliRun run_cli(const std::vector<std::string>& args) {
+  static TempDir scratch;
+  const std::filesystem::path out = scratch / "stdout", err = scratch / "stderr";
+  std::vector<std::string> strings = {MAMBACPP_CLI};
+  strings.insert(strings.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& s : strings) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = 0;
+  CliRun run;
+  const int spawn_error = posix_spawn(&pid, MAMBACPP_CLI, &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (spawn_error != 0) {
+    ADD_FAILURE() << "cannot run " << MAMBACPP_CLI;
+    return run;
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  run.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  run.out = read_text(out);
+  run.err = read_text(err);
+  return run;
 }
 
 }  // namespace mambacpp::testing
