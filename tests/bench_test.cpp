@@ -2,22 +2,22 @@
 // count done by hand for the mamba-130m shape), the repetition statistics, the roofline
 // measurements, the command's JSON output on the tiny fixture, and its flag validation.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cmath>
-#include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "core/threads.h"
 #include "infer/bench_model.h"
 #include "infer/roofline.h"
+#include "test_support.h"
 
 namespace mambacpp {
 namespace {
+
+using testing::run_cli;
 
 MambaConfig mamba_130m() {
   MambaConfig c;
@@ -64,36 +64,12 @@ TEST(Roofline, MeasuresPlausibleFigures) {
   EXPECT_LT(gemm.gflop_per_s, 100000.0);
 }
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// Runs the CLI with `args` (shell words), capturing stdout and stderr.
-CliRun run_cli(const std::string& args) {
-  const std::string dir = ::testing::TempDir();
-  const std::string out = dir + "bench_test_out.txt", err = dir + "bench_test_err.txt";
-  const std::string cmd = std::string("'") + MAMBACPP_CLI + "' " + args + " >'" + out + "' 2>'" + err + "'";
-  const int status = std::system(cmd.c_str());
-  CliRun r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
-}
-
-const std::string kTinyModel = std::string(MAMBACPP_TEST_DATA) + "/hf-tiny-mamba";
+const std::string kTinyModel = testing::test_data("hf-tiny-mamba").string();
 
 TEST(BenchCommand, JsonOnTinyModel) {
-  const CliRun r = run_cli("bench --model '" + kTinyModel + "' -p 16 -n 8 -r 2 -t 1 -b 2 --context 5 --json");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto r = run_cli({"bench", "--model", kTinyModel, "-p", "16", "-n", "8", "-r", "2", "-t", "1", "-b", "2",
+                           "--context", "5", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
   const nlohmann::json j = nlohmann::json::parse(r.out);
   for (const char* key : {"prefill_tok_s", "decode_tok_s", "peak_rss_mib", "prefill_peak_share",
                           "decode_roofline_share", "read_bandwidth_gb_s", "sgemm_gflop_s"}) {
@@ -112,40 +88,48 @@ TEST(BenchCommand, JsonOnTinyModel) {
 }
 
 TEST(BenchCommand, TableNamesTestsAndMachine) {
-  const CliRun r = run_cli("bench --model '" + kTinyModel + "' -p 8 -n 4 -r 1 -t 1 --weights bf16");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto r = run_cli({"bench", "--model", kTinyModel, "-p", "8", "-n", "4", "-r", "1", "-t", "1", "--weights", "bf16"});
+  ASSERT_EQ(r.code, 0) << r.err;
   for (const char* text : {"| pp8 ", "| tg4 ", "weights bf16", "kernels: ", "threads: 1", "peak RSS:", "GB/s",
                            "command: mambacpp bench --model"})
     EXPECT_NE(r.out.find(text), std::string::npos) << "no '" << text << "' in:\n" << r.out;
 }
 
+// Values that parse but are out of range: exit 1, one line naming the flag or value, no output.
 TEST(BenchCommand, RejectsBadValues) {
-  const std::string model = " --model '" + kTinyModel + "'";
   struct Case {
-    std::string args, message;
+    std::vector<std::string> args;
+    std::string message;
   };
-  for (const Case& c : std::initializer_list<Case>{{model + " -p -1", "-p"},
-                                                    {model + " -n -5", "-n"},
-                                                    {model + " -t 0", "-t"},
-                                                    {model + " -b 0", "-b"},
-                                                    {model + " -r 0", "-r"},
-                                                    {model + " --context -1", "--context"},
-                                                    {model + " -p 0 -n 0", "nothing to measure"},
-                                                    {" --shape 7b", "7b"},
-                                                    {" --model /no/such/folder", "/no/such/folder"}}) {
-    const CliRun r = run_cli("bench" + c.args);
-    EXPECT_EQ(r.exit_code, 1) << c.args << "\n" << r.err;
-    EXPECT_NE(r.err.find(c.message), std::string::npos) << c.args << ": " << r.err;
-    EXPECT_TRUE(r.out.empty()) << c.args << ": " << r.out;
+  const std::vector<std::string> model = {"bench", "--model", kTinyModel};
+  const auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), model.begin(), model.end());
+    return extra;
+  };
+  for (const Case& c : std::vector<Case>{{with({"-p", "-1"}), "-p"},
+                                         {with({"-n", "-5"}), "-n"},
+                                         {with({"-t", "0"}), "-t"},
+                                         {with({"-b", "0"}), "-b"},
+                                         {with({"-r", "0"}), "-r"},
+                                         {with({"--context", "-1"}), "--context"},
+                                         {with({"-p", "0", "-n", "0"}), "nothing to measure"},
+                                         {{"bench", "--shape", "7b"}, "7b"},
+                                         {{"bench", "--model", "/no/such/folder"}, "/no/such/folder"}}) {
+    const auto r = run_cli(c.args);
+    const std::string shown = ::testing::PrintToString(c.args);
+    EXPECT_EQ(r.code, 1) << shown << "\n" << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << shown << ": " << r.err;
+    EXPECT_TRUE(r.out.empty()) << shown << ": " << r.out;
   }
 }
 
+// Flags that do not parse, or a model source missing or given twice: exit 2.
 TEST(BenchCommand, UsageErrors) {
-  EXPECT_EQ(run_cli("bench").exit_code, 2);
-  EXPECT_EQ(run_cli("bench --shape 130m --model '" + kTinyModel + "'").exit_code, 2);
-  EXPECT_EQ(run_cli("bench --model '" + kTinyModel + "' --bogus").exit_code, 2);
-  EXPECT_EQ(run_cli("bench --model '" + kTinyModel + "' -p 12x").exit_code, 2);  // not a number
-  EXPECT_EQ(run_cli("bench --model '" + kTinyModel + "' --weights f8").exit_code, 2);
+  EXPECT_EQ(run_cli({"bench"}).code, 2);
+  EXPECT_EQ(run_cli({"bench", "--shape", "130m", "--model", kTinyModel}).code, 2);
+  EXPECT_EQ(run_cli({"bench", "--model", kTinyModel, "--bogus"}).code, 2);
+  EXPECT_EQ(run_cli({"bench", "--model", kTinyModel, "-p", "12x"}).code, 2);
+  EXPECT_EQ(run_cli({"bench", "--model", kTinyModel, "--weights", "f8"}).code, 2);
 }
 
 }  // namespace
