@@ -60,6 +60,7 @@ peer_run() {  # peer_run NAME GGUF -> $out/llama-NAME.json (+ .err with peak RSS
 }
 
 rm -rf "$work/rounds"
+export PEER_BENCH_LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg) at $(date '+%F %H:%M')"
 for ((round = 1; round <= rounds; round++)); do
   out=$work/rounds/$round
   mkdir -p "$out"
@@ -143,10 +144,13 @@ try:
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("Model name:")[1].splitlines()[0].strip()
 except Exception:
     pass
-print(f"Machine: {cpu}, {os.cpu_count()} CPUs; mambacpp kernels {o32[0]['kernel_level']}, commit {o32[0]['commit']}; "
+print(f"Machine: {cpu}, {os.cpu_count()} CPUs; mambacpp kernels {o32[0]['kernel_level']}, commit {o32[0]['commit']}, "
+      f"OMP_WAIT_POLICY {o32[0].get('omp_wait_policy', 'unset')}; "
       f"llama.cpp v0.5.0 (node-llama-cpp 3.22.1), ggml CPU variant {l32[0]['variant']}.")
 print(f"Rooflines (measured by mambacpp bench in the same runs, medians): memory read {bw:.1f} GB/s, "
       f"sgemm {peak:.1f} GFLOP/s, {threads} threads.")
+load_end = " ".join(open("/proc/loadavg").read().split()[:3])
+print(f"Load average (1, 5, 15 min) at start {os.environ.get('PEER_BENCH_LOAD_START', '?')}, at end {load_end}.")
 print(f"Random mamba-130m shape, {threads} threads, {len(rounds)} interleaved rounds, each "
       f"engine's median over rounds; ratio = median of per-round ours / llama.cpp (range).\n")
 print("| test | mambacpp | llama.cpp | ratio | roofline / note |")

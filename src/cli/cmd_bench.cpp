@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -87,6 +88,12 @@ std::string command_line(const BenchArgs& a, const BenchSettings& s, WeightType 
   return cat("mambacpp bench ", source, " -p ", s.run.prompt_tokens, " -n ", s.run.decode_tokens, " -t ", s.threads,
              " -b ", s.run.batch, " --context ", s.run.context, " --weights ", weight_type_name(weights), " -r ",
              s.run.repetitions);
+}
+
+// How idle OpenMP threads wait changes decode speed a lot on a busy machine, so it is stamped.
+std::string omp_wait_policy() {
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  return policy ? policy : "unset";
 }
 
 double peak_rss_mib() {
@@ -178,6 +185,7 @@ void print_json(const Report& r, const ModelBenchOptions& o, const MambaModel& m
   j["repetitions"] = o.repetitions;
   j["cpu"] = cpu_features().model_name;
   j["kernel_level"] = cpu_kernel_level();
+  j["omp_wait_policy"] = omp_wait_policy();
   j["commit"] = MAMBACPP_COMMIT;
   j["command"] = r.command;
   std::printf("%s\n", j.dump().c_str());
@@ -199,8 +207,9 @@ void print_table(const Report& r, const ModelBenchOptions& o, const MambaModel& 
               double(model.parameter_count()) / 1e6, std::string(weight_type_name(model.weight_type())).c_str(),
               double(model.weight_bytes()) / 1e6);
   std::printf("command: %s\n", r.command.c_str());
-  std::printf("cpu: %s | kernels: %s | threads: %d | batch: %d | commit: %s\n\n", cpu_features().model_name.c_str(),
-              cpu_kernel_level().c_str(), r.threads, o.batch, MAMBACPP_COMMIT);
+  std::printf("cpu: %s | kernels: %s | threads: %d (OMP_WAIT_POLICY %s) | batch: %d | commit: %s\n\n",
+              cpu_features().model_name.c_str(), cpu_kernel_level().c_str(), r.threads, omp_wait_policy().c_str(),
+              o.batch, MAMBACPP_COMMIT);
   std::printf("| %-18s | %22s | %16s | %-36s |\n", "test", "tokens/s", "time", "roofline share");
   std::printf("|%s|%s|%s|%s|\n", std::string(20, '-').c_str(), std::string(24, '-').c_str(),
               std::string(18, '-').c_str(), std::string(38, '-').c_str());
