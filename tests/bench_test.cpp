@@ -19,23 +19,11 @@ namespace {
 
 using testing::run_cli;
 
-MambaConfig mamba_130m() {
-  MambaConfig c;
-  c.vocab_size = 50280;
-  c.d_model = 768;
-  c.n_layer = 24;
-  c.d_state = 16;
-  c.d_inner = 1536;
-  c.d_conv = 4;
-  c.dt_rank = 48;
-  return c;
-}
-
 TEST(GemmFlops, Mamba130mByHand) {
   // Per layer: in_proj 768 x 3072 = 2,359,296; x_proj 1536 x (48 + 32) = 122,880;
   // dt_proj 48 x 1536 = 73,728; out_proj 1536 x 768 = 1,179,648; sum 3,735,552.
   // x 24 layers x 2 FLOPs = 179,306,496 per token; lm_head 2 x 768 x 50280 = 77,230,080.
-  const MambaConfig c = mamba_130m();
+  const MambaConfig c = published_shape("130m");
   EXPECT_DOUBLE_EQ(gemm_flops(c, 1, 0), 179'306'496.0);
   EXPECT_DOUBLE_EQ(gemm_flops(c, 0, 1), 77'230'080.0);
   EXPECT_DOUBLE_EQ(gemm_flops(c, 512, 1), 512 * 179'306'496.0 + 77'230'080.0);

@@ -111,14 +111,7 @@ TEST(ModelErrors, TokenOutsideTheVocabulary) {
 // The 130m shape's figures, as published for state-spaces/mamba-130m: 129.1 M parameters with the
 // tied embedding counted once; F32 weights take 4 bytes each (plus alignment and A).
 TEST(ModelTable, Mamba130mShape) {
-  MambaConfig c;
-  c.vocab_size = 50280;
-  c.d_model = 768;
-  c.n_layer = 24;
-  c.d_state = 16;
-  c.d_inner = 1536;
-  c.d_conv = 4;
-  c.dt_rank = 48;
+  const MambaConfig c = published_shape("130m");
   const ParameterTable table(c);
   EXPECT_EQ(table.parameter_count(), 129135360);
   std::printf("mamba-130m shape: %.1f M parameters\n", double(table.parameter_count()) / 1e6);

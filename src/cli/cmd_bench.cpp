@@ -41,27 +41,6 @@ struct BenchSettings {
   int threads = 2;
 };
 
-// Published Mamba-1 shapes (state-spaces/mamba-*-hf configs), for random-weight benchmarks.
-MambaConfig known_shape(const std::string& name) {
-  MambaConfig c;
-  c.vocab_size = 50280;
-  c.d_state = 16;
-  c.d_conv = 4;
-  c.tie_embeddings = true;
-  if (name == "130m") {
-    c.d_model = 768;
-    c.n_layer = 24;
-  } else if (name == "370m") {
-    c.d_model = 1024;
-    c.n_layer = 48;
-  } else {
-    fail("bench: unknown --shape '", name, "' (known: 130m, 370m)");
-  }
-  c.d_inner = 2 * c.d_model;
-  c.dt_rank = (c.d_model + 15) / 16;
-  return c;
-}
-
 int64_t int_in_range(std::string_view flag, const std::string& text, int64_t lo, int64_t hi) {
   const int64_t v = parse_int_flag(flag, text);
   require_in_range(v >= lo && v <= hi, flag, text, cat("must be in [", lo, ", ", hi, "]"));
@@ -238,7 +217,7 @@ void run_bench(const BenchArgs& a) {
   set_num_threads(s.threads);
   MambaModel model = a.shape.empty()
                          ? open_model(a.model_dir, a.weights)
-                         : MambaModel::random(known_shape(a.shape), 0, weights.value_or(WeightType::F32));
+                         : MambaModel::random(published_shape(a.shape), 0, weights.value_or(WeightType::F32));
   const Report report{a.shape.empty() ? a.model_dir : "random-" + a.shape, command_line(a, s, model.weight_type()),
                       s.threads};
   const Figures f = measure(model, s.run);

@@ -209,4 +209,24 @@ json to_hf_json(const MambaConfig& c) {
   return j;
 }
 
+MambaConfig published_shape(const std::string& name) {
+  MambaConfig c;
+  c.vocab_size = 50280;
+  c.d_state = 16;
+  c.d_conv = 4;
+  c.tie_embeddings = true;
+  if (name == "130m") {
+    c.d_model = 768;
+    c.n_layer = 24;
+  } else if (name == "370m") {
+    c.d_model = 1024;
+    c.n_layer = 48;
+  } else {
+    fail("unknown model shape '", name, "' (known: 130m, 370m)");
+  }
+  c.d_inner = 2 * c.d_model;
+  c.dt_rank = (c.d_model + 15) / 16;
+  return c;
+}
+
 }  // namespace mambacpp

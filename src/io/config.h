@@ -41,6 +41,9 @@ struct MambaConfig {
 // Parses and validates; `source` names the file in error messages.
 MambaConfig parse_config(const nlohmann::json& j, const std::string& source);
 MambaConfig read_config(const std::filesystem::path& config_json);
+// The shape of a published Mamba-1 model ("130m", "370m": state-spaces/mamba-*-hf configs), for
+// random-weight benchmarks and tests; an unknown name is a BadInput listing the known ones.
+MambaConfig published_shape(const std::string& name);
 // HF MambaConfig JSON (what transformers' from_pretrained reads).
 nlohmann::json to_hf_json(const MambaConfig& c);
 
