@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/cpu_features.h"
@@ -211,7 +212,7 @@ struct SsmInputs {
   int B;
   int64_t L, E = 1536, N = 16, R = 48, W = 4;
   std::vector<float> xz, dt, dbc, dt_bias, A, D, conv_w, conv_b, conv_state, ssm_state, y;
-  SsmInputs(int B_, int64_t L_) : B(B_), L(L_) {
+  SsmInputs(int B_, int64_t L_, int64_t E_ = 1536) : B(B_), L(L_), E(E_) {
     Rng rng(7);
     xz = random_floats(rng, size_t(B * L * 2 * E), 1.0);
     dt = random_floats(rng, size_t(B * L * E), 1.0);
@@ -270,6 +271,63 @@ void bench_scan(benchmark::State& state, int B, int64_t L) {
     benchmark::ClobberMemory();
   }
   report_per_element(state, t0, double(B * L * in.E * in.N));
+}
+
+// The scan's training pair at a training shape: the forward saving the state every 64 tokens
+// (ops.h, ScanArgs::checkpoints), or the backward recomputing from those states. Validated first
+// on the first sequence against the reference (the reference backward takes seconds at full size).
+struct ScanTraining {
+  static constexpr int64_t kEvery = 64;
+  SsmInputs in;
+  std::vector<float> state, checkpoints, dy, dx, ddt, dz, dbc, dD, ddt_bias, dA_log;
+  ScanTraining(int B, int64_t L, int64_t E) : in(B, L, E) {
+    const int64_t rows = B * L, N = in.N;
+    state = in.ssm_state;
+    checkpoints.resize(size_t(B * ((L + kEvery - 1) / kEvery) * E * N));
+    Rng rng(8);
+    dy = random_floats(rng, size_t(rows * E), 1.0);
+    dx.resize(size_t(rows * E)), ddt.resize(size_t(rows * E)), dz.resize(size_t(rows * E));
+    dbc.resize(size_t(rows * 2 * N));
+    dD.resize(size_t(E)), ddt_bias.resize(size_t(E)), dA_log.resize(size_t(E * N));
+  }
+  ops::ScanArgs forward(bool save_states) {
+    ops::ScanArgs a = in.scan(state.data(), in.y.data());
+    if (save_states) a.checkpoints = checkpoints.data(), a.checkpoint_every = kEvery;
+    return a;
+  }
+  ops::ScanBackwardArgs backward() {
+    const int64_t E = in.E, N = in.N;
+    return {.forward = forward(true), .dy = dy.data(), .dy_ld = E, .dx = dx.data(), .dx_ld = E, .ddt = ddt.data(),
+            .ddt_ld = E, .dB = dbc.data(), .dC = dbc.data() + N, .dbc_ld = 2 * N, .dz = dz.data(), .dz_ld = E,
+            .dD = dD.data(), .ddt_bias = ddt_bias.data(), .dA_log = dA_log.data()};
+  }
+};
+
+bool scan_backward_matches_reference(int64_t L, int64_t E) {
+  ScanTraining fast(1, L, E), ref(1, L, E);
+  ops::selective_scan(fast.forward(true));
+  ops::selective_scan_backward(fast.backward());
+  ops::reference::selective_scan(ref.forward(true));
+  ops::reference::selective_scan_backward(ref.backward());
+  // relative 1e-3 plus 1e-3 absolute: far above the argued error of a correct kernel
+  // (tests/ops_scan_backward_test.cpp), far below that of a wrong one
+  for (auto [a, b] : {std::pair{&fast.dx, &ref.dx}, {&fast.ddt, &ref.ddt}, {&fast.dz, &ref.dz}, {&fast.dbc, &ref.dbc},
+                      {&fast.dD, &ref.dD}, {&fast.ddt_bias, &ref.ddt_bias}, {&fast.dA_log, &ref.dA_log}})
+    if (!close(*a, *b, 1e-3, 1e-3)) return false;
+  return true;
+}
+
+void bench_scan_training(benchmark::State& state, bool backward, bool save_states, int B, int64_t L, int64_t E) {
+  if (!scan_backward_matches_reference(L, E)) return state.SkipWithError("result differs from the reference");
+  ScanTraining run(B, L, E);
+  ops::selective_scan(run.forward(true));
+  const double t0 = now_seconds();
+  for (auto _ : state) {
+    if (backward) ops::selective_scan_backward(run.backward());
+    else ops::selective_scan(run.forward(save_states));
+    benchmark::ClobberMemory();
+  }
+  report_per_element(state, t0, double(B * L * E * run.in.N));
 }
 
 void bench_conv(benchmark::State& state, int B, int64_t L) {
@@ -418,6 +476,11 @@ void register_all() {
   add("scan/B:1/L:512", [](benchmark::State& s) { bench_scan(s, 1, 512); });
   add("scan/B:1/L:1", [](benchmark::State& s) { bench_scan(s, 1, 1); });
   add("scan/B:32/L:1", [](benchmark::State& s) { bench_scan(s, 32, 1); });
+  // Training shape: d_model 512 (E 1024), batch 8 x length 512.
+  add("scan_train/forward/E:1024/B:8/L:512", [](benchmark::State& s) { bench_scan_training(s, false, false, 8, 512, 1024); });
+  add("scan_train/forward_saving_states/E:1024/B:8/L:512",
+      [](benchmark::State& s) { bench_scan_training(s, false, true, 8, 512, 1024); });
+  add("scan_train/backward/E:1024/B:8/L:512", [](benchmark::State& s) { bench_scan_training(s, true, true, 8, 512, 1024); });
   add("conv/B:1/L:512", [](benchmark::State& s) { bench_conv(s, 1, 512); });
   add("conv/B:1/L:1", [](benchmark::State& s) { bench_conv(s, 1, 1); });
   add("rmsnorm/M:512", [](benchmark::State& s) { bench_rmsnorm(s, 512); });

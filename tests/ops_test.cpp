@@ -21,12 +21,14 @@
 #include "core/rng.h"
 #include "ops/ops.h"
 #include "ops/reference.h"
+#include "ops_test_support.h"
 
 namespace mambacpp::ops {
 namespace {
 
+using namespace testing;
+
 constexpr double kEps = std::numeric_limits<float>::epsilon();  // 2^-23
-constexpr float kPad = -777.0f;                                  // fills the gaps between rows
 
 float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
@@ -132,31 +134,7 @@ TEST(OpsKernelLevels, UnknownLevelIsRefused) {
 // ---------------------------------------------------------------------------------------------
 // Fast kernels against the reference
 
-std::vector<std::string> kernel_levels() {
-  std::vector<std::string> levels = {"generic"};
-  if (cpu_features().avx2) levels.push_back("avx2");
-  return levels;
-}
 
-// Runs body once per kernel level (and restores the automatic choice afterwards).
-void for_each_level(const std::function<void()>& body) {
-  const std::string original(kernel_level());
-  for (const std::string& level : kernel_levels()) {
-    SCOPED_TRACE("kernel level " + level);
-    set_kernel_level_for_testing(level);
-    body();
-  }
-  set_kernel_level_for_testing(original);
-}
-
-// A [rows, width] matrix stored with row stride ld >= width; the gaps hold kPad.
-struct Strided {
-  int64_t rows = 0, width = 0, ld = 0;
-  std::vector<float> data;
-  Strided(int64_t rows_, int64_t width_, int64_t ld_) : rows(rows_), width(width_), ld(ld_), data(rows_ * ld_, kPad) {}
-  bool is_gap(size_t i) const { return int64_t(i) % ld >= width; }
-  float* row(int64_t r) { return data.data() + r * ld; }
-};
 
 void fill_normal(Rng& rng, float scale, Strided& m) {
   for (size_t i = 0; i < m.data.size(); ++i)

@@ -32,8 +32,7 @@ const cpu::KernelSet& kernels() { return *active_kernels().load(std::memory_orde
 
 std::atomic<LinearPath> forced_linear_path{LinearPath::Auto};
 
-// Below this many multiply-adds an op runs on the calling thread: waking the team costs more.
-constexpr int64_t kMinParallelWork = 1 << 15;
+using cpu::kMinParallelWork;
 
 // From this many rows of x, linear goes to sgemm. Measured with bench/ops_bench on the 2-core AMD
 // EPYC (one thread, weights in DRAM, in_proj and out_proj shapes): with F32 weights the streaming
@@ -92,6 +91,8 @@ void linear_gemm(const cpu::LinearArgs& a) {
 }  // namespace
 
 std::string_view kernel_level() { return kernels().level; }
+
+const cpu::KernelSet& cpu::active_kernel_set() { return kernels(); }
 
 void set_kernel_level_for_testing(std::string_view level) {
   const cpu::KernelSet* set = kernel_set_for(level);

@@ -79,8 +79,79 @@ struct ScanArgs {
   float* state = nullptr;
   float* y = nullptr;
   int64_t y_ld = 0;
+  // Training: when not null, the state before tokens 0, every, 2*every, ... of each sequence is
+  // saved here, [B, ceil(length / every), E, N], for selective_scan_backward to recompute from.
+  float* checkpoints = nullptr;
+  int64_t checkpoint_every = 0;
 };
 void selective_scan(const ScanArgs& a);
+
+// ---------------------------------------------------------------------------------------------
+// Backward. Each backward op takes the forward's inputs and dL/d(output) and writes dL/d(input)
+// (overwriting, unless `accumulate_dx` says +=); parameter gradients are always accumulated (+=),
+// so a caller zeroes them once per optimizer step. Training holds weights in F32 only.
+
+// dtable[ids[m], :] += dout[m, :]    dtable [V, D] fp32 (a tied head's gradient is added here too)
+void embedding_backward(const int32_t* ids, int64_t M, const float* dout, int64_t dout_ld, int64_t D, float* dtable);
+
+// From rmsnorm's x and dL/dy: dx (= or +=), dweight += (dweight null when weight is null).
+void rmsnorm_backward(const float* x, int64_t x_ld, int64_t M, int64_t D, const float* weight, float eps,
+                      const float* dy, int64_t dy_ld, float* dx, int64_t dx_ld, bool accumulate_dx, float* dweight);
+
+// y = x @ w^T + bias:  dx (= or +=) dy @ w (skipped when dx is null), dw += dy^T @ x [out, in],
+// dbias += column sums of dy (when not null). w must be F32.
+void linear_backward(const float* x, int64_t x_ld, int64_t M, const Weight& w, const float* dy, int64_t dy_ld,
+                     float* dx, int64_t dx_ld, bool accumulate_dx, float* dw, float* dbias);
+
+// causal_conv1d_silu backward, the sequences starting from zero state (a.state is ignored). Recomputes
+// the pre-activation from a.x. dout = dL/d(out) [B*length, E]; dx [B*length, E] is overwritten
+// (dx may alias neither x nor dout); dweight [E, W] and dbias [E] (when not null) accumulate.
+struct ConvBackwardArgs {
+  ConvArgs forward;  // batch, length, channels, width, x, weight, bias (state, out unused)
+  const float* dout = nullptr;
+  int64_t dout_ld = 0;
+  float* dx = nullptr;
+  int64_t dx_ld = 0;
+  float* dweight = nullptr;
+  float* dbias = nullptr;
+};
+void causal_conv1d_silu_backward(const ConvBackwardArgs& a);
+
+// selective_scan backward, the hardware-aware way: forward.checkpoints (saved by the forward with
+// the same checkpoint_every) gives the state at each chunk start; the states inside a chunk are
+// recomputed, the reverse scan runs chunk by chunk from the last, and memory stays O(chunk x N) per
+// channel. forward.state and forward.y are not read. dy = dL/d(y) (y is the gated output).
+// Overwritten: dx, ddt (dL/d(dt_in), before bias and softplus) [B*length, E]; dB, dC [B*length, N]
+// (at ld dbc_ld); dz [B*length, E] (when forward.z). Accumulated: dD [E], ddt_bias [E] (when the
+// forward had them), dA_log [E, N] (dL/dA_log, through A = -exp(A_log)).
+struct ScanBackwardArgs {
+  ScanArgs forward;
+  const float* dy = nullptr;
+  int64_t dy_ld = 0;
+  float* dx = nullptr;
+  int64_t dx_ld = 0;
+  float* ddt = nullptr;
+  int64_t ddt_ld = 0;
+  float* dB = nullptr;
+  float* dC = nullptr;
+  int64_t dbc_ld = 0;
+  float* dz = nullptr;
+  int64_t dz_ld = 0;
+  float* dD = nullptr;
+  float* ddt_bias = nullptr;
+  float* dA_log = nullptr;
+};
+void selective_scan_backward(const ScanBackwardArgs& a);
+
+// Cross-entropy of logits = h @ w^T (never stored whole: computed kCrossEntropyRows rows at a time
+// in `scratch`) against targets [M] (a target < 0 is ignored). Returns the sum of -log softmax at
+// each target, in double. When dh is not null: dh (=) grad_scale * dsum/dh and, when dw is not
+// null, dw += grad_scale * dsum/dw. scratch holds cross_entropy_scratch_floats(w) floats.
+// The loss alone (dh null) takes w in any dtype; gradients need F32.
+inline constexpr int64_t kCrossEntropyRows = 256;
+int64_t cross_entropy_scratch_floats(const Weight& w);
+double lm_head_cross_entropy(const float* h, int64_t h_ld, int64_t M, const Weight& w, const int32_t* targets,
+                             float grad_scale, float* dh, int64_t dh_ld, float* dw, float* scratch);
 
 // Kernel selection, for tests and benchmarks. The kernel set is picked once from the CPU's
 // features (MAMBACPP_CPU=generic|avx2 caps it); kernel_level() names it ("avx2" or "generic").

@@ -20,4 +20,32 @@ void selective_scan(const ScanArgs& a);
 void causal_conv1d_silu_channels(const ConvArgs& a, int b, int64_t e0, int64_t e1);
 void selective_scan_channels(const ScanArgs& a, int b, int64_t e0, int64_t e1);
 
+// Backward twins (ops.h, "Backward"); F32 weights only. lm_head_cross_entropy computes one row of
+// logits at a time and ignores `scratch`; conv's channel form accumulates dweight and dbias of
+// channels [e0, e1) of sequence b.
+void embedding_backward(const int32_t* ids, int64_t M, const float* dout, int64_t dout_ld, int64_t D, float* dtable);
+void rmsnorm_backward(const float* x, int64_t x_ld, int64_t M, int64_t D, const float* weight, float eps,
+                      const float* dy, int64_t dy_ld, float* dx, int64_t dx_ld, bool accumulate_dx, float* dweight);
+void linear_backward(const float* x, int64_t x_ld, int64_t M, const Weight& w, const float* dy, int64_t dy_ld,
+                     float* dx, int64_t dx_ld, bool accumulate_dx, float* dw, float* dbias);
+void causal_conv1d_silu_backward(const ConvBackwardArgs& a);
+void causal_conv1d_silu_backward_channels(const ConvBackwardArgs& a, int b, int64_t e0, int64_t e1);
+double lm_head_cross_entropy(const float* h, int64_t h_ld, int64_t M, const Weight& w, const int32_t* targets,
+                             float grad_scale, float* dh, int64_t dh_ld, float* dw, float* scratch);
+
+// Selective scan training (ops.h, ScanArgs::checkpoints and selective_scan_backward).
+// scan_checkpoint: the saved state before token k * checkpoint_every of sequence b, [E, N].
+// selective_scan_backward runs each channel over the whole sequence at once from checkpoint 0 (the
+// other checkpoints are not read): the truth the chunked kernels are compared against.
+// selective_scan_backward_channels: channels [e0, e1) of sequence b, chunk by chunk from the
+// checkpoints, last chunk first (the generic kernel, and fast kernels' leftover channels). It keeps
+// the sums over channels and over sequences apart for the caller to add up in a fixed order: it adds
+// the tokens' dB and dC over its channels to dbc [length, 2N] (dB then dC of each token; the caller
+// zeroes it) and overwrites its channels' entries of dparams [E * N + 2E], this sequence's share of
+// dA_log [E, N], then dD [E], then ddt_bias [E].
+float* scan_checkpoint(const ScanArgs& a, int b, int64_t k);
+void selective_scan_backward(const ScanBackwardArgs& a);
+void selective_scan_backward_channels(const ScanBackwardArgs& a, int b, int64_t e0, int64_t e1, float* dbc,
+                                      float* dparams);
+
 }  // namespace mambacpp::ops::reference

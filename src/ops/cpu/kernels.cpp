@@ -14,10 +14,15 @@ void widen_avx2(const Weight& w, int64_t first, int64_t count, float* dst);
 void rmsnorm_row_avx2(const float* x, int64_t D, const float* weight, float eps, float* y);
 void conv_channels_avx2(const ConvArgs& a, int b, int64_t e0, int64_t e1);
 void scan_channels_avx2(const ScanArgs& a, int b, int64_t e0, int64_t e1);
+void conv_backward_channels_avx2(const ConvBackwardArgs& a, int b, int64_t e0, int64_t e1);
+void scan_backward_channels_avx2(const ScanBackwardArgs& a, int b, int64_t e0, int64_t e1, float* dbc,
+                                 float* dparams);
+SoftmaxNumerators softmax_numerators_avx2(float* x, int64_t n);
 
 const KernelSet& avx2_kernels() {
   static constexpr KernelSet set{"avx2", linear_columns_avx2, widen_avx2, rmsnorm_row_avx2, conv_channels_avx2,
-                                 scan_channels_avx2};
+                                 scan_channels_avx2, conv_backward_channels_avx2,
+                                 scan_backward_channels_avx2, softmax_numerators_avx2};
   return set;
 }
 

@@ -11,6 +11,9 @@
 
 namespace mambacpp::ops::cpu {
 
+// Below this many multiply-adds an op runs on the calling thread: waking the team costs more.
+inline constexpr int64_t kMinParallelWork = 1 << 15;
+
 // The arguments of ops::linear in one struct.
 struct LinearArgs {
   const float* x = nullptr;
@@ -20,6 +23,11 @@ struct LinearArgs {
   float* y = nullptr;
   int64_t y_ld = 0;
   bool accumulate = false;
+};
+
+struct SoftmaxNumerators {
+  float max;
+  double sum;
 };
 
 struct KernelSet {
@@ -34,10 +42,22 @@ struct KernelSet {
   // Channels [e0, e1) of sequence b, for all tokens of the chunk.
   void (*conv_channels)(const ConvArgs& a, int b, int64_t e0, int64_t e1);
   void (*scan_channels)(const ScanArgs& a, int b, int64_t e0, int64_t e1);
+  // causal_conv1d_silu_backward for channels [e0, e1) of sequence b: overwrites their dx and adds
+  // their sums over the sequence to a.dweight and a.dbias (each when not null).
+  void (*conv_backward_channels)(const ConvBackwardArgs& a, int b, int64_t e0, int64_t e1);
+  // selective_scan_backward for channels [e0, e1) of sequence b, as reference.h's
+  // selective_scan_backward_channels: dbc [length, 2N] added to, dparams [E * N + 2E] written.
+  void (*scan_backward_channels)(const ScanBackwardArgs& a, int b, int64_t e0, int64_t e1, float* dbc,
+                                 float* dparams);
+  // One row of lm_head_cross_entropy's logits, n >= 1: x[i] = exp(x[i] - max x) in place; returns
+  // the max and the sum of the new x in double (the sum is NaN when a logit is NaN or the max infinite).
+  SoftmaxNumerators (*softmax_numerators)(float* x, int64_t n);
 };
 
 const KernelSet& generic_kernels();
 const KernelSet& avx2_kernels();
+// The set ops.h dispatches to now (chosen once, or by set_kernel_level_for_testing).
+const KernelSet& active_kernel_set();
 
 // Per-thread scratch of at least `count` floats, 64-byte aligned, reused between calls (grows,
 // never shrinks). Defined in a file without ISA flags, so no AVX code leaks into shared inline

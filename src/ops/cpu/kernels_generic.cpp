@@ -1,5 +1,6 @@
 // The generic kernel set: plain C++ for any x86-64 (or other) CPU. Written so the compiler can
 // vectorise it with the baseline ISA; conv and scan are the reference itself, run in parallel.
+#include <algorithm>
 #include <cmath>
 
 #include "core/half.h"
@@ -61,11 +62,24 @@ void rmsnorm_row_generic(const float* x, int64_t D, const float* weight, float e
   for (int64_t d = 0; d < D; ++d) y[d] = x[d] * inv * (weight ? weight[d] : 1.0f);
 }
 
+SoftmaxNumerators softmax_numerators_generic(float* x, int64_t n) {
+  float max = x[0];
+  for (int64_t i = 1; i < n; ++i) max = std::max(max, x[i]);
+  double sum = 0.0;  // NaN from exp(NaN - max) or inf - inf
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - max);
+    sum += x[i];
+  }
+  return {max, sum};
+}
+
 }  // namespace
 
 const KernelSet& generic_kernels() {
   static constexpr KernelSet set{"generic", linear_columns_generic, widen_generic, rmsnorm_row_generic,
-                                 reference::causal_conv1d_silu_channels, reference::selective_scan_channels};
+                                 reference::causal_conv1d_silu_channels, reference::selective_scan_channels,
+                                 reference::causal_conv1d_silu_backward_channels,
+                                 reference::selective_scan_backward_channels, softmax_numerators_generic};
   return set;
 }
 
