@@ -124,6 +124,26 @@ std::vector<std::vector<int32_t>> read_id_lines(std::string_view flag, const std
   return sequences;
 }
 
+void add_ids_input(CLI::App& cmd, std::string& ids, std::string& ids_file) {
+  CLI::Option_group* input = cmd.add_option_group("input", "Exactly one of these gives the ids");
+  input->add_option("--ids", ids, "One sequence of token ids, e.g. 1,2,3")->type_name("IDS");
+  input
+      ->add_option("--ids-file", ids_file,
+                   "File of id sequences, one a line, all of the same length, ids separated by commas and/or spaces")
+      ->type_name("FILE");
+  input->require_option(1);
+}
+
+std::vector<std::vector<int32_t>> read_id_batch(const std::string& ids, const std::string& ids_file) {
+  if (ids_file.empty()) return {parse_ids(ids, "--ids", ErrorKind::Usage)};
+  auto sequences = read_id_lines("--ids-file", ids_file);
+  for (size_t i = 1; i < sequences.size(); ++i)
+    if (sequences[i].size() != sequences[0].size())
+      fail("--ids-file ", ids_file, ": line ", i + 1, " has ", sequences[i].size(), " ids but line 1 has ",
+           sequences[0].size(), "; every line must have the same length");
+  return sequences;
+}
+
 void add_threads_flag(CLI::App& cmd, std::string& threads) {
   threads = std::to_string(std::max(1u, std::thread::hardware_concurrency()));
   cmd.add_option("-t,--threads", threads, "Compute threads, >= 1 (default: the number of cores)")

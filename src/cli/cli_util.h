@@ -41,6 +41,10 @@ std::string read_file(std::string_view flag, const std::string& path);
 std::vector<std::string> read_lines(std::string_view flag, const std::string& path);
 // One id sequence a line, as read_lines and parse_ids.
 std::vector<std::vector<int32_t>> read_id_lines(std::string_view flag, const std::string& path);
+// The --ids / --ids-file pair (exactly one required) of commands that take a batch of equal-length
+// id sequences, and the batch they give: one sequence from --ids, or a line each from the file.
+void add_ids_input(CLI::App& cmd, std::string& ids, std::string& ids_file);
+std::vector<std::vector<int32_t>> read_id_batch(const std::string& ids, const std::string& ids_file);
 
 // --threads N, default: the number of cores. apply_threads checks N >= 1 and sets it.
 void add_threads_flag(CLI::App& cmd, std::string& threads);

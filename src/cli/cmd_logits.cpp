@@ -22,18 +22,6 @@ struct LogitsArgs {
   bool step = false;
 };
 
-std::vector<std::vector<int32_t>> read_sequences(const LogitsArgs& a) {
-  if (!a.ids_file.empty()) {
-    auto sequences = read_id_lines("--ids-file", a.ids_file);
-    for (size_t i = 1; i < sequences.size(); ++i)
-      if (sequences[i].size() != sequences[0].size())
-        fail("--ids-file ", a.ids_file, ": line ", i + 1, " has ", sequences[i].size(), " ids but line 1 has ",
-             sequences[0].size(), "; every line must have the same length");
-    return sequences;
-  }
-  return {parse_ids(a.ids, "--ids", ErrorKind::Usage)};
-}
-
 // logits [B, n, V] through the recurrent path: step() once per position.
 void step_logits(MambaModel& model, const std::vector<int32_t>& tokens, int batch, int64_t length, float* logits) {
   const int64_t vocab = model.config().vocab_size;
@@ -51,7 +39,7 @@ void step_logits(MambaModel& model, const std::vector<int32_t>& tokens, int batc
 void run_logits(const LogitsArgs& a) {
   apply_threads(a.threads);
   check_model_dir(a.model_dir);
-  const std::vector<std::vector<int32_t>> sequences = read_sequences(a);
+  const std::vector<std::vector<int32_t>> sequences = read_id_batch(a.ids, a.ids_file);
   MambaModel model = open_model(a.model_dir, a.weights);
   const int64_t vocab = model.config().vocab_size;
   for (size_t i = 0; i < sequences.size(); ++i)
@@ -81,13 +69,7 @@ void register_logits(CLI::App& app) {
       "Writes the F32 tensor `logits` [B, n, vocab]: B sequences of n ids (one for --ids). The file\n"
       "appears whole or not at all. Exit codes: 0 ok, 1 bad input, 2 usage.");
   add_model_flag(*cmd, a->model_dir);
-  CLI::Option_group* input = cmd->add_option_group("input", "Exactly one of these gives the ids");
-  input->add_option("--ids", a->ids, "One sequence of token ids, e.g. 1,2,3")->type_name("IDS");
-  input
-      ->add_option("--ids-file", a->ids_file,
-                   "File of id sequences, one a line, all of the same length, ids separated by commas and/or spaces")
-      ->type_name("FILE");
-  input->require_option(1);
+  add_ids_input(*cmd, a->ids, a->ids_file);
   cmd->add_option("-o,--out", a->out, "Output file (safetensors)")->type_name("FILE")->required();
   cmd->add_flag("--step", a->step, "Compute one token at a time through the recurrent step path");
   add_threads_flag(*cmd, a->threads);

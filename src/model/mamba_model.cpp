@@ -1,4 +1,5 @@
 #include "model/mamba_model.h"
+#include "model/model_impl.h"
 
 #include <algorithm>
 #include <cmath>
@@ -68,35 +69,6 @@ const float* InferenceState::ssm(int layer) const { return const_cast<InferenceS
 
 namespace {
 
-// Pointers to one layer's parameters, resolved once from the table.
-struct LayerWeights {
-  const float* norm = nullptr;
-  ops::Weight in_proj;
-  const float* in_bias = nullptr;  // may be null
-  const float* conv_weight = nullptr;
-  const float* conv_bias = nullptr;  // may be null
-  ops::Weight x_proj, dt_proj;
-  const float* dt_bias = nullptr;
-  const float* A = nullptr;  // -exp(A_log)
-  const float* D = nullptr;
-  ops::Weight out_proj;
-  const float* out_bias = nullptr;  // may be null
-};
-
-// The activations of one chunk of `rows` = batch x chunk tokens (row b * len + t). Grows only,
-// so once sized for a (batch, chunk) it is reused by every later call, step() included.
-struct Workspace {
-  Tensor buffer;
-  int64_t rows = 0;
-  float* resid = nullptr;   // [rows, D]  residual stream
-  float* normed = nullptr;  // [rows, D]  RMSNorm output (per layer, then the final norm)
-  float* xz = nullptr;      // [rows, 2E] in_proj output: x | z; the scan's y overwrites x
-  float* xc = nullptr;      // [rows, E]  conv + SiLU output
-  float* dbc = nullptr;     // [rows, R + 2N] x_proj output: dt_low | B | C
-  float* dt = nullptr;      // [rows, E]  dt_proj output (before bias and softplus)
-  int32_t* ids = nullptr;   // [rows]     the chunk's tokens
-};
-
 void check_config(const MambaConfig& c, const std::string& source) {
   const std::pair<const char*, int64_t> dims[] = {{"vocab_size", c.vocab_size}, {"d_model", c.d_model},
                                                   {"n_layer", c.n_layer},       {"d_state", c.d_state},
@@ -108,30 +80,6 @@ void check_config(const MambaConfig& c, const std::string& source) {
 }
 
 }  // namespace
-
-struct MambaModel::Impl {
-  MambaConfig config;
-  Parameters params;
-  std::vector<float> A;  // [n_layer, E, N] = -exp(A_log), derived at load
-  std::vector<LayerWeights> layers;
-  ops::Weight embedding, lm_head;
-  const float* norm_f = nullptr;
-  Workspace ws;
-  int64_t chunk_length = kDefaultChunkLength;
-
-  Impl(const MambaConfig& c, WeightType weights) : config(c), params(c, weights) {}
-
-  void bind();
-  void reserve(int64_t rows);
-  int64_t chunk_for(int batch) const;
-  void check_tokens(const int32_t* tokens, int batch, int64_t length) const;
-  void run_layers(int batch, int64_t len, InferenceState& state);
-  void mixer(const LayerWeights& w, int batch, int64_t len, float* conv_state, float* ssm_state);
-  void write_outputs(int batch, int64_t len, int64_t t0, int64_t length, LogitsMode mode, float* logits,
-                     float* hidden);
-  void forward(const int32_t* tokens, int batch, int64_t length, InferenceState& state, LogitsMode mode,
-               float* logits, float* hidden);
-};
 
 // Resolves every layer's pointers and derives A = -exp(A_log). Call after the values change.
 void MambaModel::Impl::bind() {
@@ -170,19 +118,16 @@ void MambaModel::Impl::bind() {
 void MambaModel::Impl::reserve(int64_t rows) {
   if (rows <= ws.rows) return;
   const int64_t D = config.d_model, E = config.d_inner, BC = config.dt_rank + 2 * config.d_state;
-  constexpr int64_t kAlign = 16;  // floats: 64 bytes
-  const int64_t widths[] = {D, D, 2 * E, E, BC, E, 1};  // ids are int32: one float's width
-  int64_t total = 0;
-  for (int64_t w : widths) total += (rows * w + kAlign - 1) / kAlign * kAlign;
-  ws.buffer = Tensor();  // free the old one first: peak memory is the new size only
-  ws.buffer = Tensor::zeros(DType::F32, {total});
-  float* p = ws.buffer.mutable_data<float>();
-  float** slots[] = {&ws.resid, &ws.normed, &ws.xz, &ws.xc, &ws.dbc, &ws.dt};
-  for (size_t i = 0; i < std::size(slots); ++i) {
-    *slots[i] = p;
-    p += (rows * widths[i] + kAlign - 1) / kAlign * kAlign;
-  }
-  ws.ids = reinterpret_cast<int32_t*>(p);
+  ArenaPlan plan;
+  plan.add(&ws.resid, rows * D);
+  plan.add(&ws.normed, rows * D);
+  plan.add(&ws.xz, rows * 2 * E);
+  plan.add(&ws.xc, rows * E);
+  plan.add(&ws.dbc, rows * BC);
+  plan.add(&ws.dt, rows * E);
+  plan.add(&ws.ids, rows);
+  plan.add(&ws.targets, rows);
+  plan.allocate(ws.buffer);
   ws.rows = rows;
 }
 
@@ -200,68 +145,90 @@ void MambaModel::Impl::check_tokens(const int32_t* tokens, int batch, int64_t le
     }
 }
 
-// One Mamba mixer over the chunk in ws.normed; adds its output to the residual stream.
-void MambaModel::Impl::mixer(const LayerWeights& w, int batch, int64_t len, float* conv_state, float* ssm_state) {
-  const int64_t T = batch * len, D = config.d_model, E = config.d_inner, N = config.d_state,
-                R = config.dt_rank, BC = R + 2 * N;
-  ops::linear(ws.normed, D, T, w.in_proj, w.in_bias, ws.xz, 2 * E, false);
-
+ops::ConvArgs MambaModel::Impl::conv_args(const LayerWeights& w, const MixerBuffers& buf, int batch, int64_t len,
+                                          float* conv_state) const {
+  const int64_t E = config.d_inner;
   ops::ConvArgs conv;
   conv.batch = batch;
   conv.length = len;
   conv.channels = E;
   conv.width = int(config.d_conv);
-  conv.x = ws.xz;
+  conv.x = buf.xz;
   conv.x_ld = 2 * E;
   conv.weight = w.conv_weight;
   conv.bias = w.conv_bias;
   conv.state = conv_state;
-  conv.out = ws.xc;
+  conv.out = buf.xc;
   conv.out_ld = E;
-  ops::causal_conv1d_silu(conv);
+  return conv;
+}
 
-  ops::linear(ws.xc, E, T, w.x_proj, nullptr, ws.dbc, BC, false);
-  if (config.falcon()) {  // weightless RMSNorm of dt_low, B and C, each on its own
-    const float eps = float(config.mixer_rms_eps);
-    ops::rmsnorm(ws.dbc, BC, T, R, nullptr, eps, ws.dbc, BC);
-    ops::rmsnorm(ws.dbc + R, BC, T, N, nullptr, eps, ws.dbc + R, BC);
-    ops::rmsnorm(ws.dbc + R + N, BC, T, N, nullptr, eps, ws.dbc + R + N, BC);
-  }
-  ops::linear(ws.dbc, BC, T, w.dt_proj, nullptr, ws.dt, E, false);  // dt_bias goes into the scan
-
+ops::ScanArgs MambaModel::Impl::scan_args(const LayerWeights& w, const MixerBuffers& buf, int batch, int64_t len,
+                                          float* ssm_state) const {
+  const int64_t E = config.d_inner, N = config.d_state, R = config.dt_rank;
   ops::ScanArgs scan;
   scan.batch = batch;
   scan.length = len;
   scan.d_inner = E;
   scan.d_state = N;
-  scan.x = ws.xc;
+  scan.x = buf.xc;
   scan.x_ld = E;
-  scan.dt = ws.dt;
+  scan.dt = buf.dt;
   scan.dt_ld = E;
   scan.dt_bias = w.dt_bias;
   scan.A = w.A;
-  scan.Bm = ws.dbc + R;
-  scan.Cm = ws.dbc + R + N;
-  scan.bc_ld = BC;
+  scan.Bm = buf.dbc + R;
+  scan.Cm = buf.dbc + R + N;
+  scan.bc_ld = R + 2 * N;
   scan.D = w.D;
-  scan.z = ws.xz + E;
+  scan.z = buf.xz + E;
   scan.z_ld = 2 * E;
   scan.state = ssm_state;
-  scan.y = ws.xz;  // x's columns are free once the conv has read them
-  scan.y_ld = 2 * E;
-  ops::selective_scan(scan);
+  scan.y = buf.y;
+  scan.y_ld = buf.y_ld;
+  scan.checkpoints = buf.checkpoints;
+  scan.checkpoint_every = buf.checkpoint_every;
+  return scan;
+}
 
-  ops::linear(ws.xz, 2 * E, T, w.out_proj, w.out_bias, ws.resid, D, true);
+// One Mamba mixer over `buf.normed`; adds its output to buf.resid.
+void MambaModel::Impl::mixer(const LayerWeights& w, int batch, int64_t len, const MixerBuffers& buf,
+                             float* conv_state, float* ssm_state) {
+  const int64_t T = batch * len, D = config.d_model, E = config.d_inner, N = config.d_state,
+                R = config.dt_rank, BC = R + 2 * N;
+  ops::linear(buf.normed, D, T, w.in_proj, w.in_bias, buf.xz, 2 * E, false);
+  ops::causal_conv1d_silu(conv_args(w, buf, batch, len, conv_state));
+
+  // Falcon-Mamba: a weightless RMSNorm of dt_low, B and C, each on its own; in place for
+  // inference, from dbc_raw (kept for the backward) in training.
+  float* dbc_in = config.falcon() && buf.dbc_raw ? buf.dbc_raw : buf.dbc;
+  ops::linear(buf.xc, E, T, w.x_proj, nullptr, dbc_in, BC, false);
+  if (config.falcon())
+    for (const auto& [first, width] : falcon_norm_spans(config))
+      ops::rmsnorm(dbc_in + first, BC, T, width, nullptr, float(config.mixer_rms_eps), buf.dbc + first, BC);
+  ops::linear(buf.dbc, BC, T, w.dt_proj, nullptr, buf.dt, E, false);  // dt_bias goes into the scan
+
+  ops::selective_scan(scan_args(w, buf, batch, len, ssm_state));
+  ops::linear(buf.y, buf.y_ld, T, w.out_proj, w.out_bias, buf.resid, D, true);
 }
 
 void MambaModel::Impl::run_layers(int batch, int64_t len, InferenceState& state) {
   const int64_t T = batch * len, D = config.d_model;
   const float eps = float(config.norm_eps);
   ops::embedding(ws.ids, T, embedding, ws.resid, D);
+  MixerBuffers buffers;
+  buffers.normed = ws.normed;
+  buffers.xz = ws.xz;
+  buffers.xc = ws.xc;
+  buffers.dbc = ws.dbc;
+  buffers.dt = ws.dt;
+  buffers.y = ws.xz;  // x's columns are free once the conv has read them
+  buffers.y_ld = 2 * config.d_inner;
+  buffers.resid = ws.resid;
   for (int l = 0; l < int(config.n_layer); ++l) {
     const LayerWeights& w = layers[size_t(l)];
     ops::rmsnorm(ws.resid, D, T, D, w.norm, eps, ws.normed, D);
-    mixer(w, batch, len, state.conv(l), state.ssm(l));
+    mixer(w, batch, len, buffers, state.conv(l), state.ssm(l));
   }
 }
 
@@ -411,14 +378,16 @@ void fill_uniform(Rng& rng, float lo, float hi, float* out, int64_t n) {
 }
 
 // Values of elements [first, first + n) of `s` under HF-like initialisation (MambaPreTrainedModel
-// with N(0, 0.02) linears and embedding, PyTorch's default conv init).
+// with N(0, 0.02) linears and embedding, out_proj scaled by 1/sqrt(n_layer), PyTorch's default
+// conv init, dt bias and A_log as mamba_ssm draws them).
 void init_block(const MambaConfig& c, const ParamSpec& s, int64_t first, Rng& rng, float* out, int64_t n) {
   switch (s.role) {
     case ParamRole::Embedding:
     case ParamRole::InProjWeight:
     case ParamRole::XProjWeight:
-    case ParamRole::OutProjWeight:
     case ParamRole::LmHead: return fill_normal(rng, 0.02f, out, n);
+    case ParamRole::OutProjWeight:  // GPT-2's pre-norm residual rescaling, as mamba_ssm does it
+      return fill_normal(rng, float(0.02 / std::sqrt(double(c.n_layer))), out, n);
     case ParamRole::DtProjWeight: {
       const float bound = float(1.0 / std::sqrt(double(c.dt_rank)));
       return fill_uniform(rng, -bound, bound, out, n);

@@ -63,7 +63,9 @@ class MambaModel {
   // `source` names the origin in error messages. Accepts HF names and mamba_ssm names.
   static MambaModel from_tensors(const MambaConfig& config, const TensorMap& tensors, const std::string& source,
                                  const LoadOptions& options = {});
-  // Random weights of the given shape (benchmarks, tests): N(0, 0.02) matrices, HF-like init.
+  // Random weights of the given shape (training from scratch, benchmarks, tests), initialised as
+  // transformers / mamba_ssm do: N(0, 0.02) matrices (out_proj / sqrt(n_layer)), dt bias = inverse
+  // softplus of a log-uniform dt in [time_step_min, time_step_max] floored, A_log = log(1..N), D = 1.
   static MambaModel random(const MambaConfig& config, uint64_t seed, WeightType weights = WeightType::F32);
 
   MambaModel(MambaModel&&) noexcept;
@@ -89,6 +91,34 @@ class MambaModel {
   // One token for each of state.batch() sequences: tokens [B] -> logits [B, V]. Cost does not
   // depend on how long the context is; allocates nothing after the first call of a batch size.
   void step(const int32_t* tokens, InferenceState& state, float* logits);
+
+  // Training. Cross-entropy of predicting targets[b, t] from tokens[b, 0..t], both [batch, length]
+  // (a target < 0 is ignored; every other one must be < vocab_size). Returns the sum over targets
+  // and their count. With `grads` (a Parameters of this config in F32), adds
+  // grad_scale x d(sum)/d(parameter) to it: pass 1/count for the mean, smaller for accumulation.
+  // A tied head's gradient goes into the embedding's. Without grads it runs the chunked forward
+  // (memory independent of length); with grads it needs F32 weights and keeps every layer's
+  // activations (about 12 x d_model floats per token per layer) plus the scan's states at every
+  // scan_checkpoint_every-th token: memory grows as batch x length x d_inner, never x d_state.
+  struct Loss {
+    double sum = 0;
+    int64_t count = 0;
+    double mean() const { return count ? sum / double(count) : 0.0; }
+  };
+  Loss loss(const int32_t* tokens, const int32_t* targets, int batch, int64_t length, Parameters* grads = nullptr,
+            float grad_scale = 1.0f);
+  // Tokens between saved scan states in the training forward (default 64). Gradients do not depend
+  // on it beyond rounding; tests set 1, odd values and values above the length.
+  void set_scan_checkpoint_every(int64_t tokens);
+  // Bytes the training activations for (batch, length) take (planned up front, allocated once per
+  // shape by loss() with grads, reused after).
+  size_t training_bytes(int batch, int64_t length) const;
+
+  // The parameter values, for the optimizer. After changing them call parameters_changed(), which
+  // re-derives what the model caches from them (A = -exp(A_log)).
+  Parameters& parameters();
+  const Parameters& parameters() const;
+  void parameters_changed();
 
   // Tokens per sequence processed at once (default kDefaultChunkLength); with many sequences the
   // chunk shrinks so that batch x chunk stays within kMaxChunkRows. Results do not depend on it

@@ -183,6 +183,24 @@ ops::Weight Parameters::matrix(const ParamSpec& s) const {
   return ops::Weight{place(s), weight_dtype(weight_type_), s.shape[0], s.shape[1]};
 }
 
+float* Parameters::region(ParamKind kind) {
+  Tensor& r = kind == ParamKind::Matrix ? matrices_ : vectors_;
+  MAMBACPP_CHECK(r.dtype() == DType::F32);
+  return r.mutable_data<float>();
+}
+
+const float* Parameters::region(ParamKind kind) const { return const_cast<Parameters*>(this)->region(kind); }
+
+float* Parameters::matrix_f32(const ParamSpec& s) {
+  MAMBACPP_CHECK(s.kind == ParamKind::Matrix && weight_type_ == WeightType::F32);
+  return static_cast<float*>(place(s));
+}
+
+void Parameters::zero() {
+  std::memset(vectors_.mutable_raw(), 0, vectors_.nbytes());
+  std::memset(matrices_.mutable_raw(), 0, matrices_.nbytes());
+}
+
 void Parameters::assign_range(const ParamSpec& s, int64_t first, int64_t n, DType dtype, const void* values) {
   MAMBACPP_CHECK(first >= 0 && n >= 0 && first + n <= s.numel());
   const DType held = dtype_of(s);

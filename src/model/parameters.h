@@ -87,6 +87,14 @@ class Parameters {
   float* vector(const ParamSpec& s);
   const float* vector(const ParamSpec& s) const;
   ops::Weight matrix(const ParamSpec& s) const;  // [shape[0], shape[1]] in the weight type
+  // A whole region (matrix region only when the weight type is F32), for passes over every
+  // parameter at once: gradients, AdamW moments and the optimizer share this layout.
+  float* region(ParamKind kind);
+  const float* region(ParamKind kind) const;
+  // A matrix's values when held in F32 (training): [shape[0], shape[1]].
+  float* matrix_f32(const ParamSpec& s);
+  // Sets every value to zero.
+  void zero();
   // Writes s's values (all of them, or elements [first, first + n)), given in `dtype`, converting.
   void assign(const ParamSpec& s, DType dtype, const void* values) { assign_range(s, 0, s.numel(), dtype, values); }
   void assign_range(const ParamSpec& s, int64_t first, int64_t n, DType dtype, const void* values);
