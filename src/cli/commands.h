@@ -14,5 +14,8 @@ void register_tokenize(CLI::App& app);    // cmd_tokenize.cpp (tokenize, detoken
 void register_convert(CLI::App& app);     // cmd_convert.cpp
 void register_bench(CLI::App& app);       // cmd_bench.cpp
 void register_prepare(CLI::App& app);     // cmd_prepare.cpp
+void register_train(CLI::App& app);       // cmd_train.cpp
+void register_eval(CLI::App& app);        // cmd_eval.cpp
+void register_grad(CLI::App& app);        // cmd_grad.cpp
 
 }  // namespace mambacpp::cli

@@ -17,6 +17,9 @@ int main(int argc, char** argv) {
   mambacpp::cli::register_convert(app);
   mambacpp::cli::register_bench(app);
   mambacpp::cli::register_prepare(app);
+  mambacpp::cli::register_train(app);
+  mambacpp::cli::register_eval(app);
+  mambacpp::cli::register_grad(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
