@@ -1,6 +1,9 @@
 // mambacpp bench: prefill and decode speed as llama-bench measures them (pp<p>, tg<n>), peak
 // RSS, and each speed as a share of this machine's roofline (sgemm peak for prefill, memory read
 // bandwidth for decode), stamped with the CPU, kernel level, threads, weights and command.
+// --train: training steps of a random model (train/train_bench.h) with tokens/s, peak RSS and
+// model FLOPs utilisation against the sgemm peak; --lengths repeats them at several sequence
+// lengths with the same tokens per step, to show that time grows linearly with length.
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -10,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -21,6 +25,7 @@
 #include "infer/bench_model.h"
 #include "infer/roofline.h"
 #include "model/mamba_model.h"
+#include "train/train_bench.h"
 
 #ifndef MAMBACPP_COMMIT
 #define MAMBACPP_COMMIT "unknown"
@@ -34,6 +39,9 @@ struct BenchArgs {
   std::string model_dir, shape, weights;  // weights empty: f32 for --shape, the checkpoint's own
   std::string prompt = "512", gen = "128", threads = "2", batch = "1", context = "0", repetitions = "3";
   bool json = false;
+  // --train (batch defaults to 8 there when -b is not given)
+  bool train = false, batch_given = false;
+  std::string d_model = "512", n_layer = "8", vocab = "8192", d_state = "16", seq_len = "512", steps = "3", lengths;
 };
 
 struct BenchSettings {
@@ -225,6 +233,214 @@ void run_bench(const BenchArgs& a) {
   else print_table(report, s.run, model, f);
 }
 
+
+// --- --train ---------------------------------------------------------------------------------
+
+struct TrainSettings {
+  MambaConfig config;
+  TrainBenchOptions run;
+  std::vector<int64_t> lengths;  // one run per length at the same tokens per step; empty: one run
+  int threads = 2;
+};
+
+// A Mamba-1 of the given size with the published models' other settings (expand 2, conv 4,
+// dt rank ceil(d_model / 16), conv bias, no in/out bias, tied head).
+MambaConfig train_shape(int64_t d_model, int64_t n_layer, int64_t vocab, int64_t d_state) {
+  MambaConfig c;
+  c.d_model = d_model;
+  c.n_layer = n_layer;
+  c.vocab_size = vocab;
+  c.d_state = d_state;
+  c.d_inner = 2 * d_model;
+  c.dt_rank = (d_model + 15) / 16;
+  return c;
+}
+
+std::vector<int64_t> parse_lengths(const std::string& text) {
+  std::vector<int64_t> lengths;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string piece = text.substr(start, comma - start);
+    lengths.push_back(int_in_range("--lengths", piece, 1, 1'000'000));
+    start = comma + 1;
+  }
+  return lengths;
+}
+
+TrainSettings train_settings(const BenchArgs& a) {
+  if (!a.model_dir.empty() || !a.shape.empty())
+    fail_usage("bench --train builds a random model from --d-model, --n-layer, --vocab, --d-state: no --model or --shape");
+  TrainSettings s;
+  s.config = train_shape(int_in_range("--d-model", a.d_model, 1, 65536), int_in_range("--n-layer", a.n_layer, 1, 1024),
+                         int_in_range("--vocab", a.vocab, 2, 10'000'000), int_in_range("--d-state", a.d_state, 1, 1024));
+  s.run.batch = a.batch_given ? int(int_in_range("-b", a.batch, 1, 1 << 20)) : 8;
+  s.run.length = int_in_range("--seq-len", a.seq_len, 1, 100'000'000);
+  s.run.steps = int(int_in_range("--steps", a.steps, 1, 100'000));
+  s.threads = int(int_in_range("-t", a.threads, 1, 4096));
+  if (!a.lengths.empty()) {
+    s.lengths = parse_lengths(a.lengths);
+    const int64_t tokens = int64_t(s.run.batch) * s.run.length;
+    for (int64_t length : s.lengths)
+      if (tokens % length != 0)
+        fail("--lengths ", length, ": the tokens per step (-b ", s.run.batch, " x --seq-len ", s.run.length, " = ", tokens,
+             ") must be a multiple of every length");
+  }
+  return s;
+}
+
+std::string train_command_line(const TrainSettings& s, const std::string& lengths) {
+  const MambaConfig& c = s.config;
+  return cat("mambacpp bench --train --d-model ", c.d_model, " --n-layer ", c.n_layer, " --vocab ", c.vocab_size,
+             " --d-state ", c.d_state, " -b ", s.run.batch, " --seq-len ", s.run.length, " --steps ", s.run.steps,
+             " -t ", s.threads, lengths.empty() ? "" : " --lengths " + lengths);
+}
+
+struct TrainRow {
+  int batch = 0;
+  int64_t length = 0;
+  RateStats rate;
+  TrainBenchResult result;
+};
+
+struct TrainFigures {
+  std::vector<TrainRow> rows;
+  double flops_per_token = 0;  // forward GEMMs (lm_head included) x 3: forward + two for backward
+  SgemmResult sgemm;
+  double mfu(const TrainRow& r) const { return flops_per_token * r.rate.mean / (sgemm.gflop_per_s * 1e9); }
+  double max_over_min() const {
+    double lo = rows.front().rate.mean, hi = lo;
+    for (const TrainRow& r : rows) lo = std::min(lo, r.rate.mean), hi = std::max(hi, r.rate.mean);
+    return hi / lo;
+  }
+};
+
+// The better of two sgemm measurements: a busy machine lowers one, never raises it.
+SgemmResult best_sgemm(const SgemmResult& a, const SgemmResult& b) { return a.gflop_per_s >= b.gflop_per_s ? a : b; }
+
+TrainFigures measure_training(const TrainSettings& s) {
+  TrainFigures f;
+  // Before and after the runs (each run's peak RSS is reset at its start, so the product's
+  // buffers, freed by then, are not in it).
+  const SgemmResult before = measure_sgemm_peak(2048, 0.5);
+  const std::vector<int64_t> lengths = s.lengths.empty() ? std::vector<int64_t>{s.run.length} : s.lengths;
+  const int64_t tokens = int64_t(s.run.batch) * s.run.length;
+  for (int64_t length : lengths) {
+    TrainBenchOptions o = s.run;
+    o.length = length;
+    o.batch = int(s.lengths.empty() ? s.run.batch : tokens / length);
+    // A fresh model per run, so every length starts from the same weights.
+    MambaModel model = MambaModel::random(s.config, 0, WeightType::F32);
+    TrainRow row{o.batch, length, {}, run_train_bench(model, o)};
+    row.rate = rate_stats(row.result.step_seconds, double(int64_t(o.batch) * length));
+    f.rows.push_back(std::move(row));
+  }
+  f.flops_per_token = 3 * gemm_flops(s.config, 1, 1);
+  f.sgemm = best_sgemm(before, measure_sgemm_peak(2048, 0.5));
+  return f;
+}
+
+double mib(size_t bytes) { return double(bytes) / double(1 << 20); }
+
+void print_train_json(const TrainSettings& s, const std::string& command, const TrainFigures& f) {
+  nlohmann::ordered_json j;
+  j["mode"] = "train";
+  nlohmann::ordered_json runs = nlohmann::ordered_json::array();
+  for (const TrainRow& r : f.rows) {
+    nlohmann::ordered_json run;
+    run["batch"] = r.batch;
+    run["seq_len"] = r.length;
+    run["tok_s"] = r.rate.mean;
+    run["tok_s_stddev"] = r.rate.stddev;
+    run["ms_per_step"] = r.rate.mean_seconds * 1e3;
+    run["mfu"] = f.mfu(r);
+    run["peak_rss_mib"] = mib(r.result.peak_rss_bytes);
+    run["peak_rss_since_run_start"] = r.result.peak_rss_reset;
+    run["activation_mib"] = mib(r.result.activation_bytes);
+    run["grads_and_moments_mib"] = mib(r.result.state_bytes);
+    run["loss_first"] = r.result.first_loss;
+    run["loss_last"] = r.result.last_loss;
+    run["samples_tok_s"] = r.rate.samples;
+    runs.push_back(run);
+  }
+  j["runs"] = runs;
+  if (f.rows.size() > 1) j["tok_s_max_over_min"] = f.max_over_min();
+  j["flops_per_token"] = f.flops_per_token;
+  j["sgemm_gflop_s"] = f.sgemm.gflop_per_s;
+  j["parameters"] = ParameterTable(s.config).parameter_count();
+  j["d_model"] = s.config.d_model;
+  j["n_layer"] = s.config.n_layer;
+  j["vocab"] = s.config.vocab_size;
+  j["d_state"] = s.config.d_state;
+  j["steps"] = s.run.steps;
+  j["warmup_steps"] = s.run.warmup_steps;
+  j["threads"] = s.threads;
+  j["cpu"] = cpu_features().model_name;
+  j["kernel_level"] = cpu_kernel_level();
+  j["omp_wait_policy"] = omp_wait_policy();
+  j["commit"] = MAMBACPP_COMMIT;
+  j["command"] = command;
+  std::printf("%s\n", j.dump().c_str());
+}
+
+void print_train_table(const TrainSettings& s, const std::string& command, const TrainFigures& f) {
+  const MambaConfig& c = s.config;
+  std::printf("mambacpp bench --train: random d_model %lld, n_layer %lld, d_state %lld, vocab %lld (%.1f M parameters, f32)\n",
+              (long long)c.d_model, (long long)c.n_layer, (long long)c.d_state, (long long)c.vocab_size,
+              double(ParameterTable(c).parameter_count()) / 1e6);
+  std::printf("command: %s\n", command.c_str());
+  std::printf("cpu: %s | kernels: %s | threads: %d (OMP_WAIT_POLICY %s) | commit: %s\n", cpu_features().model_name.c_str(),
+              cpu_kernel_level().c_str(), s.threads, omp_wait_policy().c_str(), MAMBACPP_COMMIT);
+  std::printf("step: loss with gradients + clip + AdamW; %d warm-up step(s), then %d timed\n\n", s.run.warmup_steps,
+              s.run.steps);
+  std::printf("| %-18s | %22s | %16s | %-10s | %14s |\n", "test", "tokens/s", "time", "MFU", "peak RSS");
+  std::printf("|%s|%s|%s|%s|%s|\n", std::string(20, '-').c_str(), std::string(24, '-').c_str(),
+              std::string(18, '-').c_str(), std::string(12, '-').c_str(), std::string(16, '-').c_str());
+  for (const TrainRow& r : f.rows) {
+    char rate[64], time[64], mfu[32], rss[32];
+    std::snprintf(rate, sizeof rate, "%.1f ± %.1f", r.rate.mean, r.rate.stddev);
+    std::snprintf(time, sizeof time, "%.1f ms/step", r.rate.mean_seconds * 1e3);
+    std::snprintf(mfu, sizeof mfu, "%.1f%%", 100 * f.mfu(r));
+    std::snprintf(rss, sizeof rss, "%.1f MiB", mib(r.result.peak_rss_bytes));
+    // "±" is two bytes and one column: one more byte of padding keeps the columns aligned.
+    std::printf("| %-18s | %23s | %16s | %-10s | %14s |\n", cat("train ", r.batch, "x", r.length).c_str(), rate, time, mfu,
+                rss);
+  }
+  const TrainRow& first = f.rows.front();
+  std::printf("\nwork: %.1f MFLOP per token (3 x the forward's GEMMs, lm_head included); sgemm %.1f GFLOP/s (%d^3, best of %d, before or after the runs)\n",
+              f.flops_per_token / 1e6, f.sgemm.gflop_per_s, f.sgemm.n, f.sgemm.calls);
+  std::printf("memory: activations %.1f MiB (%dx%lld), gradients + AdamW moments %.1f MiB%s\n",
+              mib(first.result.activation_bytes), first.batch, (long long)first.length, mib(first.result.state_bytes),
+              first.result.peak_rss_reset ? "" : "; peak RSS is process-wide (could not reset it)");
+  std::printf("loss: %.4f at the first step, %.4f at the last\n", first.result.first_loss, f.rows.back().result.last_loss);
+  if (f.rows.size() > 1)
+    std::printf("linear time: tokens/s max / min over the lengths = %.3f (goal: <= 1.15)\n", f.max_over_min());
+}
+
+void run_train(const BenchArgs& a) {
+  const TrainSettings s = train_settings(a);
+  set_num_threads(s.threads);
+  const std::string command = train_command_line(s, a.lengths);
+  const TrainFigures f = measure_training(s);
+  if (a.json) print_train_json(s, command, f);
+  else print_train_table(s, command, f);
+}
+
+void add_train_flags(CLI::App& cmd, BenchArgs& a) {
+  cmd.add_flag("--train", a.train,
+               "Time training steps (loss with gradients, clip, AdamW) of a random model instead; -b defaults to 8");
+  cmd.add_option("--d-model", a.d_model, "--train: model width")->type_name("N")->capture_default_str();
+  cmd.add_option("--n-layer", a.n_layer, "--train: layers")->type_name("N")->capture_default_str();
+  cmd.add_option("--vocab", a.vocab, "--train: vocabulary size")->type_name("N")->capture_default_str();
+  cmd.add_option("--d-state", a.d_state, "--train: SSM state size")->type_name("N")->capture_default_str();
+  cmd.add_option("--seq-len", a.seq_len, "--train: tokens per sequence")->type_name("N")->capture_default_str();
+  cmd.add_option("--steps", a.steps, "--train: timed steps after one warm-up step")->type_name("N")
+      ->capture_default_str();
+  cmd.add_option("--lengths", a.lengths,
+                 "--train: one run per sequence length, each with -b x --seq-len tokens per step (batch = tokens / L)")
+      ->type_name("L1,L2,...");
+}
+
 }  // namespace
 
 void register_bench(CLI::App& app) {
@@ -236,7 +452,11 @@ void register_bench(CLI::App& app) {
       "steps with full-vocabulary logits, from an empty state (or after --context tokens). Each test runs\n"
       "once to warm up, then -r times; tokens/s is the mean ± stddev over those runs (with -b, summed over\n"
       "the sequences). Shares: prefill GEMM FLOPs / measured sgemm peak, decode bytes read per step /\n"
-      "measured memory read bandwidth, each divided by the measured time. Exit codes: 0 ok, 1 bad input, 2 usage.");
+      "measured memory read bandwidth, each divided by the measured time.\n"
+      "--train: one untimed warm-up step, then --steps timed steps, each a full optimizer step (zero the\n"
+      "gradients, mean next-token loss with gradients, clip at norm 1, AdamW); tokens/s = -b x --seq-len /\n"
+      "step time. MFU: 3 x the forward's GEMM FLOPs per token (lm_head included) x tokens/s / sgemm peak.\n"
+      "Peak RSS: VmHWM, reset before each run. Exit codes: 0 ok, 1 bad input, 2 usage.");
   cmd->add_option("-m,--model", args->model_dir, "Checkpoint folder (HF or mamba_ssm)")->type_name("DIR");
   cmd->add_option("--shape", args->shape, "Random weights of a known shape instead: 130m or 370m")->type_name("NAME");
   cmd->add_option("-p,--n-prompt", args->prompt, "Prompt tokens per sequence for prefill, >= 0 (0: skip)")
@@ -252,7 +472,12 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-r,--repetitions", args->repetitions, "Timed repetitions after one warm-up, >= 1")
       ->type_name("N")->capture_default_str();
   cmd->add_flag("--json", args->json, "Print one line of JSON instead of the table");
-  cmd->callback([args] { run_bench(*args); });
+  add_train_flags(*cmd, *args);
+  cmd->callback([args, cmd] {
+    args->batch_given = cmd->count("--batch") > 0;
+    if (args->train) run_train(*args);
+    else run_bench(*args);
+  });
 }
 
 }  // namespace mambacpp::cli
