@@ -3,7 +3,7 @@
 # train a small Mamba (about 2.8 M parameters) on the Debian fortunes corpus with a byte-level BPE
 # trained on it, print samples from it, then show that a Hugging Face checkpoint generates the
 # same tokens as transformers and measure speed on the mamba-130m shape.
-# Training takes about 4 minutes on 2 cores; run it again and it goes on from the finished run
+# Training takes about 7 minutes on 2 cores; run it again and it goes on from the finished run
 # (runs/demo) straight to the samples. DEMO_STEPS=N changes the length of a new run.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
