@@ -12,13 +12,9 @@ root=$(cd "$here/../.." && pwd)
 rounds=${1:-3}
 build_dir=${BUILD_DIR:-$root/build/cpu}
 work=$here/work
-mkdir -p "$work"
-
 source "$here/common.sh"
-ensure_oracle
-corpus=$(fortunes_corpus "$work")
-bench=$(build_tokenizer_bench "$build_dir")
-tok=$(trained_bpe "$corpus" "$work")
+prepare_inputs "$build_dir" "$work"
+tok=$trained_tokenizer
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; commit $(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)"
 echo "corpus: $corpus ($(wc -c < "$corpus") bytes); tokenizer: $tok"

@@ -39,3 +39,15 @@ trained_bpe() {
   fi
   echo "$work/fortunes-30k.json"
 }
+
+# What both scripts start from, in $work: the oracle installed, the fortunes corpus, our
+# tokenizer_bench built in $build_dir, and the 30k BPE HF trains on the corpus. Sets corpus,
+# bench and trained_tokenizer.
+prepare_inputs() {
+  local build_dir=$1 work=$2
+  mkdir -p "$work"
+  ensure_oracle
+  corpus=$(fortunes_corpus "$work")
+  bench=$(build_tokenizer_bench "$build_dir")
+  trained_tokenizer=$(trained_bpe "$corpus" "$work")
+}

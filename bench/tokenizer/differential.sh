@@ -13,13 +13,9 @@ seed=${1:-1}
 random_texts=${2:-20000}
 build_dir=${BUILD_DIR:-$root/build/cpu}
 work=$here/work
-mkdir -p "$work"
-
 source "$here/common.sh"
-ensure_oracle
-corpus=$(fortunes_corpus "$work")
-bench=$(build_tokenizer_bench "$build_dir")
-trained=$(trained_bpe "$corpus" "$work")
+prepare_inputs "$build_dir" "$work"
+trained=$trained_tokenizer
 
 echo "== texts: corpus lines and fortunes of $corpus, $random_texts random strings (seed $seed)"
 node "$here/make_texts.js" "$seed" "$random_texts" "$corpus" > "$work/texts.jsonl"
