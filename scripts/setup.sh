@@ -12,6 +12,9 @@ packages=(
   clang-14 libclang-rt-14-dev   # libFuzzer and the sanitizer runtimes for the `fuzz` preset
   libomp-14-dev                 # OpenMP for clang-14 (gcc uses its own libgomp)
   fortunes                      # the demo corpus (/usr/share/games/fortunes), also used by tests
+  libcpp-httplib-dev            # HTTP for `mambacpp serve`
+  libopenmpi-dev openmpi-bin    # data-parallel training (`train --distributed` under mpirun)
+  chromium chromium-driver      # headless browser + WebDriver for the serve playground test
 )
 
 installed() {

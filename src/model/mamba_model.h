@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,6 +54,31 @@ class InferenceState {
 };
 
 enum class LogitsMode { None, Last, All };
+
+// What a training call may add to the plain loss: packed documents, states carried across
+// windows, and a hook for overlapping communication with the backward.
+struct LossOptions {
+  // Position of each token inside its document, [batch, length]; null: each row is one
+  // document that continues from the row's initial state. A token at position 0 starts a new
+  // document: the conv does not look behind it and the scan restarts from the zero state, so
+  // documents packed into one row never see each other (forward and backward). A row whose
+  // first position is > 0 continues from its initial state.
+  const int32_t* positions = nullptr;
+  // The states each row starts from (batch() == batch); null: the empty context.
+  const InferenceState* initial_state = nullptr;
+  // When not null (batch() == batch): receives the states after each row's last token.
+  InferenceState* final_state = nullptr;
+  // With grads: dL/d(final states) of a later window, added in the backward (null: zero).
+  const InferenceState* d_final_state = nullptr;
+  // With grads: when not null, receives dL/d(initial states) (batch() == batch).
+  InferenceState* d_initial_state = nullptr;
+  // With grads: called with layer l once layer l's parameter gradients are complete (l runs
+  // from n_layer - 1 down to 0), then with kRestOfModel once the embedding, final norm and
+  // lm_head gradients are complete. Lets a data-parallel trainer start reducing early.
+  std::function<void(int layer)> on_gradients_ready;
+};
+// on_gradients_ready's argument once the gradients outside the layers are complete.
+inline constexpr int kRestOfModel = -1;
 
 class MambaModel {
  public:
@@ -106,7 +132,7 @@ class MambaModel {
     double mean() const { return count ? sum / double(count) : 0.0; }
   };
   Loss loss(const int32_t* tokens, const int32_t* targets, int batch, int64_t length, Parameters* grads = nullptr,
-            float grad_scale = 1.0f);
+            float grad_scale = 1.0f, const LossOptions& options = {});
   // Tokens between saved scan states in the training forward (default 64). Gradients do not depend
   // on it beyond rounding; tests set 1, odd values and values above the length.
   void set_scan_checkpoint_every(int64_t tokens);

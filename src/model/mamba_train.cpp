@@ -96,7 +96,8 @@ MambaModel::Loss MambaModel::Impl::chunked_loss(const int32_t* tokens, const int
 }
 
 MambaModel::Loss MambaModel::Impl::loss_and_gradients(const int32_t* tokens, const int32_t* targets, int batch,
-                                                      int64_t length, Parameters& grads, float grad_scale) {
+                                                      int64_t length, Parameters& grads, float grad_scale,
+                                                      const LossOptions& options) {
   plan_training(batch, length);
   const int64_t T = batch * length, D = config.d_model, E = config.d_inner, n_layer = config.n_layer;
   const float eps = float(config.norm_eps);
@@ -124,8 +125,12 @@ MambaModel::Loss MambaModel::Impl::loss_and_gradients(const int32_t* tokens, con
                                         tw.cross_entropy_scratch.data());
   ops::rmsnorm_backward(final_resid, D, T, D, norm_f, eps, tw.d_normed, D, tw.d_resid, D, false,
                         grad_of(grads, ParamRole::NormF));
-  for (int l = int(n_layer) - 1; l >= 0; --l) backward_layer(l, grads);
+  for (int l = int(n_layer) - 1; l >= 0; --l) {
+    backward_layer(l, grads);
+    if (options.on_gradients_ready) options.on_gradients_ready(l);
+  }
   ops::embedding_backward(tw.ids, T, tw.d_resid, D, D, grad_of(grads, ParamRole::Embedding));
+  if (options.on_gradients_ready) options.on_gradients_ready(kRestOfModel);
   return loss;
 }
 
@@ -194,7 +199,7 @@ void MambaModel::Impl::backward_layer(int l, Parameters& grads) {
 // The public side
 
 MambaModel::Loss MambaModel::loss(const int32_t* tokens, const int32_t* targets, int batch, int64_t length,
-                                  Parameters* grads, float grad_scale) {
+                                  Parameters* grads, float grad_scale, const LossOptions& options) {
   const MambaConfig& c = impl_->config;
   if (batch < 1 || length < 1) fail("a training batch needs at least one sequence of one token, got ", batch, " x ", length);
   impl_->check_tokens(tokens, batch, length);
@@ -216,7 +221,7 @@ MambaModel::Loss MambaModel::loss(const int32_t* tokens, const int32_t* targets,
                      impl_->params.table().region_elements(ParamKind::Matrix) &&
                  grads->table().region_elements(ParamKind::Vector) ==
                      impl_->params.table().region_elements(ParamKind::Vector));
-  loss.sum = impl_->loss_and_gradients(tokens, targets, batch, length, *grads, grad_scale).sum;
+  loss.sum = impl_->loss_and_gradients(tokens, targets, batch, length, *grads, grad_scale, options).sum;
   return loss;
 }
 

@@ -155,7 +155,7 @@ struct MambaModel::Impl {
   // mamba_train.cpp
   Loss chunked_loss(const int32_t* tokens, const int32_t* targets, int batch, int64_t length);
   Loss loss_and_gradients(const int32_t* tokens, const int32_t* targets, int batch, int64_t length,
-                          Parameters& grads, float grad_scale);
+                          Parameters& grads, float grad_scale, const LossOptions& options);
   void plan_training(int batch, int64_t length);
   void backward_layer(int l, Parameters& grads);
 };
