@@ -1,7 +1,8 @@
 // A second model shape with odd sizes (d_model 40, d_inner 72, d_state 5, dt_rank 3, conv width 3,
 // 3 layers, vocab 97, biases on, untied head), random weights for it, and a deliberately plain
-// double-precision forward written from DESIGN.md's equations (no ops calls): the independent
-// truth the model tests (forward, step, gradients by finite differences) compare against.
+// double-precision forward written from DESIGN.md's equations (no ops calls), from the empty context
+// or a given initial state: the independent truth the model tests (forward, step, gradients by
+// finite differences) compare against.
 #pragma once
 
 #include <cmath>
@@ -117,8 +118,15 @@ inline void rmsnorm(Matrix& x, size_t c0, size_t n, const std::vector<double>* w
   }
 }
 
-// Logits [L][V] of one sequence.
-inline Matrix reference_logits(const MambaConfig& c, Weights& w, const std::vector<int32_t>& tokens) {
+// The recurrent state one sequence starts from, per layer: conv [E * (W-1)] (each channel's last
+// W-1 inputs, oldest first) and ssm [E * N], as InferenceState lays out one slot.
+struct ReferenceState {
+  std::vector<std::vector<double>> conv, ssm;
+};
+
+// Logits [L][V] of one sequence, from the empty context or from `initial`.
+inline Matrix reference_logits(const MambaConfig& c, Weights& w, const std::vector<int32_t>& tokens,
+                               const ReferenceState* initial = nullptr) {
   const size_t L = tokens.size(), D = size_t(c.d_model), E = size_t(c.d_inner), N = size_t(c.d_state),
                R = size_t(c.dt_rank), W = size_t(c.d_conv);
   Matrix x(L, std::vector<double>(D));
@@ -136,6 +144,7 @@ inline Matrix reference_logits(const MambaConfig& c, Weights& w, const std::vect
         double s = P("mixer.conv1d.bias")[e];
         for (size_t k = 0; k < W; ++k)
           if (t + k >= W - 1) s += P("mixer.conv1d.weight")[e * W + k] * xz[t + k - (W - 1)][e];
+          else if (initial) s += P("mixer.conv1d.weight")[e * W + k] * initial->conv[size_t(layer)][e * (W - 1) + t + k];
         xc[t][e] = silu(s);
       }
     Matrix dbc = linear(xc, P("mixer.x_proj.weight"), nullptr, int64_t(R + 2 * N));
@@ -147,7 +156,7 @@ inline Matrix reference_logits(const MambaConfig& c, Weights& w, const std::vect
     Matrix dt_low(L, std::vector<double>(R));
     for (size_t t = 0; t < L; ++t) std::copy_n(dbc[t].begin(), R, dt_low[t].begin());
     const Matrix dt = linear(dt_low, P("mixer.dt_proj.weight"), &P("mixer.dt_proj.bias"), int64_t(E));
-    std::vector<double> state(E * N, 0.0);
+    std::vector<double> state = initial ? initial->ssm[size_t(layer)] : std::vector<double>(E * N, 0.0);
     Matrix y(L, std::vector<double>(E));
     for (size_t t = 0; t < L; ++t)
       for (size_t e = 0; e < E; ++e) {

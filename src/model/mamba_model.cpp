@@ -51,7 +51,36 @@ void InferenceState::copy_slot(const InferenceState& from, int from_slot, int to
   }
 }
 
-size_t InferenceState::bytes() const { return (conv_.size() + ssm_.size()) * sizeof(float); }
+namespace {
+
+// Re-lays out `layers` blocks of `slot` x old_batch floats as blocks of slot x new_batch floats
+// (the first min(old, new) slots of each block kept, the rest zeroed), growing `v` if needed.
+void relayout_slots(std::vector<float>& v, int64_t layers, int64_t slot, int old_batch, int new_batch) {
+  const int64_t old_block = slot * old_batch, new_block = slot * new_batch, kept = slot * std::min(old_batch, new_batch);
+  if (v.size() < size_t(layers * new_block)) v.resize(size_t(layers * new_block));
+  // Moving blocks towards the start goes front to back, towards the end back to front, so no block
+  // is overwritten before it moved.
+  for (int64_t i = 0; i < layers; ++i) {
+    const int64_t l = new_block <= old_block ? i : layers - 1 - i;
+    std::memmove(v.data() + l * new_block, v.data() + l * old_block, size_t(kept) * sizeof(float));
+    std::fill_n(v.data() + l * new_block + kept, new_block - kept, 0.0f);
+  }
+}
+
+}  // namespace
+
+void InferenceState::set_batch(int batch) {
+  MAMBACPP_CHECK(batch >= 1 && batch_ >= 1);
+  if (batch == batch_) return;
+  const int64_t conv_slot = conv_per_layer_ / batch_, ssm_slot = ssm_per_layer_ / batch_;
+  relayout_slots(conv_, n_layer_, conv_slot, batch_, batch);
+  relayout_slots(ssm_, n_layer_, ssm_slot, batch_, batch);
+  conv_per_layer_ = conv_slot * batch;
+  ssm_per_layer_ = ssm_slot * batch;
+  batch_ = batch;
+}
+
+size_t InferenceState::bytes() const { return size_t((conv_per_layer_ + ssm_per_layer_) * n_layer_) * sizeof(float); }
 
 float* InferenceState::conv(int layer) {
   MAMBACPP_CHECK(layer >= 0 && layer < n_layer_);
@@ -127,6 +156,7 @@ void MambaModel::Impl::reserve(int64_t rows) {
   plan.add(&ws.dt, rows * E);
   plan.add(&ws.ids, rows);
   plan.add(&ws.targets, rows);
+  plan.add(&ws.positions, rows);
   plan.allocate(ws.buffer);
   ws.rows = rows;
 }
@@ -160,6 +190,7 @@ ops::ConvArgs MambaModel::Impl::conv_args(const LayerWeights& w, const MixerBuff
   conv.state = conv_state;
   conv.out = buf.xc;
   conv.out_ld = E;
+  conv.positions = buf.positions;
   return conv;
 }
 
@@ -188,6 +219,7 @@ ops::ScanArgs MambaModel::Impl::scan_args(const LayerWeights& w, const MixerBuff
   scan.y_ld = buf.y_ld;
   scan.checkpoints = buf.checkpoints;
   scan.checkpoint_every = buf.checkpoint_every;
+  scan.positions = buf.positions;
   return scan;
 }
 
@@ -212,7 +244,7 @@ void MambaModel::Impl::mixer(const LayerWeights& w, int batch, int64_t len, cons
   ops::linear(buf.y, buf.y_ld, T, w.out_proj, w.out_bias, buf.resid, D, true);
 }
 
-void MambaModel::Impl::run_layers(int batch, int64_t len, InferenceState& state) {
+void MambaModel::Impl::run_layers(int batch, int64_t len, InferenceState& state, const int32_t* positions) {
   const int64_t T = batch * len, D = config.d_model;
   const float eps = float(config.norm_eps);
   ops::embedding(ws.ids, T, embedding, ws.resid, D);
@@ -225,6 +257,7 @@ void MambaModel::Impl::run_layers(int batch, int64_t len, InferenceState& state)
   buffers.y = ws.xz;  // x's columns are free once the conv has read them
   buffers.y_ld = 2 * config.d_inner;
   buffers.resid = ws.resid;
+  buffers.positions = positions;
   for (int l = 0; l < int(config.n_layer); ++l) {
     const LayerWeights& w = layers[size_t(l)];
     ops::rmsnorm(ws.resid, D, T, D, w.norm, eps, ws.normed, D);

@@ -40,7 +40,11 @@ class InferenceState {
   void reset_slot(int b);
   // Copies sequence `from_slot` of `from` (same model shape) into slot `to_slot` of this state.
   void copy_slot(const InferenceState& from, int from_slot, int to_slot);
-  size_t bytes() const;
+  // Changes the number of sequences, keeping slots [0, min(old, new)) and zeroing new ones. The
+  // memory of the largest batch seen is kept, so a server's batch shrinks and grows back without
+  // allocating.
+  void set_batch(int batch);
+  size_t bytes() const;  // of the current batch
   float* conv(int layer);  // [B, E, W-1]
   float* ssm(int layer);   // [B, E, N]
   const float* conv(int layer) const;
@@ -68,9 +72,11 @@ struct LossOptions {
   const InferenceState* initial_state = nullptr;
   // When not null (batch() == batch): receives the states after each row's last token.
   InferenceState* final_state = nullptr;
-  // With grads: dL/d(final states) of a later window, added in the backward (null: zero).
+  // With grads: dL/d(final states) of a later window, added in the backward (null: zero). Both
+  // state gradients are in the units of the parameter gradients, i.e. already times grad_scale.
   const InferenceState* d_final_state = nullptr;
-  // With grads: when not null, receives dL/d(initial states) (batch() == batch).
+  // With grads: when not null, receives grad_scale x dL/d(initial states) (batch() == batch).
+  // initial_state may be final_state and d_final_state may be d_initial_state (copied as needed).
   InferenceState* d_initial_state = nullptr;
   // With grads: called with layer l once layer l's parameter gradients are complete (l runs
   // from n_layer - 1 down to 0), then with kRestOfModel once the embedding, final norm and

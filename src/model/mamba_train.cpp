@@ -48,6 +48,7 @@ ArenaPlan plan_train_workspace(const MambaConfig& c, int batch, int64_t length, 
   plan.add(&tw.d_y, T * E);
   plan.add(&tw.conv_state, batch * E * (c.d_conv - 1));
   plan.add(&tw.ssm_state, batch * E * N);
+  plan.add(&tw.initial_conv, c.n_layer * batch * E * (c.d_conv - 1));
   plan.add(&tw.ids, T);
   return plan;
 }
@@ -74,9 +75,14 @@ void MambaModel::Impl::plan_training(int batch, int64_t length) {
 }
 
 MambaModel::Loss MambaModel::Impl::chunked_loss(const int32_t* tokens, const int32_t* targets, int batch,
-                                                int64_t length) {
+                                                int64_t length, const LossOptions& options) {
   const int64_t D = config.d_model;
-  InferenceState state(config, batch);
+  // The states run in final_state when the caller wants them (it may be initial_state itself).
+  InferenceState local;
+  InferenceState& state = options.final_state ? *options.final_state : local;
+  if (options.initial_state && options.initial_state != &state) state = *options.initial_state;
+  else if (!options.initial_state && options.final_state) state.reset();
+  else if (!options.initial_state) local = InferenceState(config, batch);
   const int64_t chunk = std::min(length, chunk_for(batch));
   reserve(batch * chunk);
   ws.cross_entropy_scratch.resize(size_t(ops::cross_entropy_scratch_floats(lm_head)));
@@ -86,8 +92,9 @@ MambaModel::Loss MambaModel::Impl::chunked_loss(const int32_t* tokens, const int
     for (int b = 0; b < batch; ++b) {
       std::copy_n(tokens + b * length + t0, len, ws.ids + b * len);
       std::copy_n(targets + b * length + t0, len, ws.targets + b * len);
+      if (options.positions) std::copy_n(options.positions + b * length + t0, len, ws.positions + b * len);
     }
-    run_layers(batch, len, state);
+    run_layers(batch, len, state, options.positions ? ws.positions : nullptr);
     ops::rmsnorm(ws.resid, D, T, D, norm_f, float(config.norm_eps), ws.normed, D);
     loss.sum += ops::lm_head_cross_entropy(ws.normed, D, T, lm_head, ws.targets, 0.0f, nullptr, 0, nullptr,
                                            ws.cross_entropy_scratch.data());
@@ -100,9 +107,18 @@ MambaModel::Loss MambaModel::Impl::loss_and_gradients(const int32_t* tokens, con
                                                       const LossOptions& options) {
   plan_training(batch, length);
   const int64_t T = batch * length, D = config.d_model, E = config.d_inner, n_layer = config.n_layer;
+  const int64_t conv_floats = batch * E * (config.d_conv - 1), ssm_floats = batch * E * config.d_state;
   const float eps = float(config.norm_eps);
   TrainWorkspace& tw = train;
   std::copy_n(tokens, T, tw.ids);
+  // The initial conv states stay in the workspace for the backward: final_state may be the same
+  // object as initial_state and overwrite them.
+  const InferenceState* initial = options.initial_state;
+  for (int l = 0; l < int(n_layer); ++l) {
+    float* conv = tw.initial_conv + l * conv_floats;
+    if (initial) std::copy_n(initial->conv(l), conv_floats, conv);
+    else std::fill_n(conv, conv_floats, 0.0f);
+  }
 
   ops::embedding(tw.ids, T, embedding, tw.resid[0], D);
   for (int l = 0; l < int(n_layer); ++l) {
@@ -112,9 +128,15 @@ MambaModel::Loss MambaModel::Impl::loss_and_gradients(const int32_t* tokens, con
     MixerBuffers buf = tw.layer[size_t(l)];
     buf.normed = tw.normed;
     buf.resid = tw.resid[size_t(l) + 1];
-    std::fill_n(tw.conv_state, batch * E * (config.d_conv - 1), 0.0f);
-    std::fill_n(tw.ssm_state, batch * E * config.d_state, 0.0f);
+    buf.positions = options.positions;
+    std::copy_n(tw.initial_conv + l * conv_floats, conv_floats, tw.conv_state);
+    if (initial) std::copy_n(initial->ssm(l), ssm_floats, tw.ssm_state);
+    else std::fill_n(tw.ssm_state, ssm_floats, 0.0f);
     mixer(w, batch, length, buf, tw.conv_state, tw.ssm_state);
+    if (options.final_state) {
+      std::copy_n(tw.conv_state, conv_floats, options.final_state->conv(l));
+      std::copy_n(tw.ssm_state, ssm_floats, options.final_state->ssm(l));
+    }
   }
 
   const float* final_resid = tw.resid[size_t(n_layer)];
@@ -125,8 +147,15 @@ MambaModel::Loss MambaModel::Impl::loss_and_gradients(const int32_t* tokens, con
                                         tw.cross_entropy_scratch.data());
   ops::rmsnorm_backward(final_resid, D, T, D, norm_f, eps, tw.d_normed, D, tw.d_resid, D, false,
                         grad_of(grads, ParamRole::NormF));
+  // The ops may not read dL/d(final state) from the buffer they write dL/d(initial state) to.
+  LossOptions backward_options = options;
+  InferenceState d_final_copy;
+  if (options.d_final_state && options.d_final_state == options.d_initial_state) {
+    d_final_copy = *options.d_final_state;
+    backward_options.d_final_state = &d_final_copy;
+  }
   for (int l = int(n_layer) - 1; l >= 0; --l) {
-    backward_layer(l, grads);
+    backward_layer(l, grads, backward_options);
     if (options.on_gradients_ready) options.on_gradients_ready(l);
   }
   ops::embedding_backward(tw.ids, T, tw.d_resid, D, D, grad_of(grads, ParamRole::Embedding));
@@ -136,13 +165,14 @@ MambaModel::Loss MambaModel::Impl::loss_and_gradients(const int32_t* tokens, con
 
 // Layer l's backward: from d_resid = dL/d(residual stream leaving the layer) to dL/d(stream
 // entering it), in place, adding the layer's parameter gradients to `grads`.
-void MambaModel::Impl::backward_layer(int l, Parameters& grads) {
+void MambaModel::Impl::backward_layer(int l, Parameters& grads, const LossOptions& options) {
   TrainWorkspace& tw = train;
   const int batch = tw.batch;
   const int64_t len = tw.length, T = batch * len, D = config.d_model, E = config.d_inner, N = config.d_state,
                 R = config.dt_rank, BC = R + 2 * N;
   const LayerWeights& w = layers[size_t(l)];
-  const MixerBuffers& buf = tw.layer[size_t(l)];
+  MixerBuffers buf = tw.layer[size_t(l)];
+  buf.positions = options.positions;
 
   ops::linear_backward(buf.y, buf.y_ld, T, w.out_proj, tw.d_resid, D, tw.d_y, E, false,
                        grad_of(grads, ParamRole::OutProjWeight, l), grad_of(grads, ParamRole::OutProjBias, l));
@@ -163,6 +193,8 @@ void MambaModel::Impl::backward_layer(int l, Parameters& grads) {
   scan.dD = grad_of(grads, ParamRole::D, l);
   scan.ddt_bias = grad_of(grads, ParamRole::DtBias, l);
   scan.dA_log = grad_of(grads, ParamRole::ALog, l);
+  scan.dstate_final = options.d_final_state ? options.d_final_state->ssm(l) : nullptr;
+  scan.dstate = options.d_initial_state ? options.d_initial_state->ssm(l) : nullptr;
   ops::selective_scan_backward(scan);
 
   ops::linear_backward(buf.dbc, BC, T, w.dt_proj, tw.d_dt, E, tw.d_dbc, BC, false,
@@ -178,13 +210,15 @@ void MambaModel::Impl::backward_layer(int l, Parameters& grads) {
                        grad_of(grads, ParamRole::XProjWeight, l), nullptr);
 
   ops::ConvBackwardArgs conv;
-  conv.forward = conv_args(w, buf, batch, len, nullptr);
+  conv.forward = conv_args(w, buf, batch, len, tw.initial_conv + l * batch * E * (config.d_conv - 1));
   conv.dout = tw.d_xc;
   conv.dout_ld = E;
   conv.dx = tw.d_xz;
   conv.dx_ld = 2 * E;
   conv.dweight = grad_of(grads, ParamRole::ConvWeight, l);
   conv.dbias = grad_of(grads, ParamRole::ConvBias, l);
+  conv.dstate_final = options.d_final_state ? options.d_final_state->conv(l) : nullptr;
+  conv.dstate = options.d_initial_state ? options.d_initial_state->conv(l) : nullptr;
   ops::causal_conv1d_silu_backward(conv);
 
   const float eps = float(config.norm_eps);
@@ -198,6 +232,44 @@ void MambaModel::Impl::backward_layer(int l, Parameters& grads) {
 // ---------------------------------------------------------------------------------------------
 // The public side
 
+namespace {
+
+// Positions >= 0, each 0 (a new document) or the previous one's plus one; states of the batch's
+// size and the model's shape (the gradient ones only matter, and are checked, with grads).
+void check_loss_options(const MambaConfig& c, const LossOptions& options, int batch, int64_t length, bool grads) {
+  struct Named {
+    const char* name;
+    const InferenceState* state;
+    bool used;
+  };
+  const Named states[] = {{"initial_state", options.initial_state, true},
+                          {"final_state", options.final_state, true},
+                          {"d_final_state", options.d_final_state, grads},
+                          {"d_initial_state", options.d_initial_state, grads}};
+  const size_t expected_bytes = size_t(batch * c.n_layer * c.d_inner * (c.d_conv - 1 + c.d_state)) * sizeof(float);
+  for (const auto& [name, state, used] : states) {
+    if (!state || !used) continue;
+    if (state->batch() != batch)
+      fail("LossOptions.", name, " holds ", state->batch(), " sequences, but the batch has ", batch);
+    if (state->bytes() != expected_bytes)
+      fail("LossOptions.", name, " was made for another model shape (", state->bytes(), " bytes, this model's take ",
+           expected_bytes, ")");
+  }
+  if (!options.positions) return;
+  for (int b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < length; ++t) {
+      const int32_t p = options.positions[b * length + t];
+      if (p < 0) fail("positions[", b, ", ", t, "] is ", p, ": positions must be >= 0");
+      if (t == 0 || p == 0) continue;
+      const int32_t before = options.positions[b * length + t - 1];
+      if (p != before + 1)
+        fail("positions[", b, ", ", t, "] is ", p, ": a position must be 0 (a new document) or one more than the ",
+             "one before it (positions[", b, ", ", t - 1, "] is ", before, ")");
+    }
+}
+
+}  // namespace
+
 MambaModel::Loss MambaModel::loss(const int32_t* tokens, const int32_t* targets, int batch, int64_t length,
                                   Parameters* grads, float grad_scale, const LossOptions& options) {
   const MambaConfig& c = impl_->config;
@@ -210,8 +282,9 @@ MambaModel::Loss MambaModel::loss(const int32_t* tokens, const int32_t* targets,
            ") is outside the vocabulary of ", c.vocab_size, " tokens");
     loss.count += targets[i] >= 0;
   }
+  check_loss_options(c, options, batch, length, grads != nullptr);
   if (!grads) {
-    loss.sum = impl_->chunked_loss(tokens, targets, batch, length).sum;
+    loss.sum = impl_->chunked_loss(tokens, targets, batch, length, options).sum;
     return loss;
   }
   if (weight_type() != WeightType::F32)

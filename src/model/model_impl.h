@@ -74,6 +74,7 @@ struct MixerBuffers {
   float* resid = nullptr;         // [rows, D] the residual stream the output is added to
   float* checkpoints = nullptr;   // scan states for the backward (training only)
   int64_t checkpoint_every = 0;
+  const int32_t* positions = nullptr;  // [rows] each token's position in its document, or null (ops.h)
 };
 
 // The activations of one chunk of `rows` = batch x chunk tokens (row b * len + t). Grows only,
@@ -89,6 +90,7 @@ struct Workspace {
   float* dt = nullptr;      // [rows, E]  dt_proj output (before bias and softplus)
   int32_t* ids = nullptr;   // [rows]     the chunk's tokens
   int32_t* targets = nullptr;  // [rows]  the chunk's targets (loss without gradients)
+  int32_t* positions = nullptr;  // [rows] the chunk's positions (loss without gradients, packed rows)
   std::vector<float> cross_entropy_scratch;
 };
 
@@ -112,7 +114,8 @@ struct TrainWorkspace {
   float* d_dt = nullptr;            // [T, E]
   float* d_y = nullptr;             // [T, E]
   float* conv_state = nullptr;      // [B, E, W - 1] and
-  float* ssm_state = nullptr;       // [B, E, N]: zeroed before each layer (training starts from the empty context)
+  float* ssm_state = nullptr;       // [B, E, N]: set to the layer's initial states before each layer
+  float* initial_conv = nullptr;    // n_layer of [B, E, W - 1]: the initial conv states, for the backward
   int32_t* ids = nullptr;           // [T]
   std::vector<float> cross_entropy_scratch;
 };
@@ -140,7 +143,7 @@ struct MambaModel::Impl {
   void reserve(int64_t rows);
   int64_t chunk_for(int batch) const;
   void check_tokens(const int32_t* tokens, int batch, int64_t length) const;
-  void run_layers(int batch, int64_t len, InferenceState& state);
+  void run_layers(int batch, int64_t len, InferenceState& state, const int32_t* positions = nullptr);
   ops::ConvArgs conv_args(const LayerWeights& w, const MixerBuffers& buf, int batch, int64_t len,
                           float* conv_state) const;
   ops::ScanArgs scan_args(const LayerWeights& w, const MixerBuffers& buf, int batch, int64_t len,
@@ -153,11 +156,12 @@ struct MambaModel::Impl {
                float* logits, float* hidden);
 
   // mamba_train.cpp
-  Loss chunked_loss(const int32_t* tokens, const int32_t* targets, int batch, int64_t length);
+  Loss chunked_loss(const int32_t* tokens, const int32_t* targets, int batch, int64_t length,
+                    const LossOptions& options);
   Loss loss_and_gradients(const int32_t* tokens, const int32_t* targets, int batch, int64_t length,
                           Parameters& grads, float grad_scale, const LossOptions& options);
   void plan_training(int batch, int64_t length);
-  void backward_layer(int l, Parameters& grads);
+  void backward_layer(int l, Parameters& grads, const LossOptions& options);
 };
 
 }  // namespace mambacpp

@@ -40,6 +40,13 @@ void linear(const float* x, int64_t x_ld, int64_t M, const Weight& w, const floa
 //   out[b,t,e] = silu(bias[e] + sum_k weight[e,k] * xin[b, t - (W-1) + k, e])
 // where positions before t = 0 come from state [B, E, W-1] (oldest first). On return state holds
 // the last W-1 inputs of each sequence. x, out: [B*length, E]; weight [E, W]; bias [E] or null.
+//
+// Packed documents: `positions` [B*length] (row b*length + t, null: none) gives each token's
+// position inside its document; each must be 0 (a new document starts) or the previous token's
+// plus one (the first token of a row: any value >= 0, > 0 continuing from `state`). The tap at
+// offset j = W-1-k reads zero when j > positions[t] (it would reach before the document's start),
+// and the state left behind keeps only the inputs of the row's last document (zeros before it), as
+// if that document had run alone.
 struct ConvArgs {
   int batch = 0;
   int64_t length = 0, channels = 0;
@@ -51,6 +58,7 @@ struct ConvArgs {
   float* state = nullptr;
   float* out = nullptr;
   int64_t out_ld = 0;
+  const int32_t* positions = nullptr;
 };
 void causal_conv1d_silu(const ConvArgs& a);
 
@@ -61,6 +69,9 @@ void causal_conv1d_silu(const ConvArgs& a);
 // state [B, E, N] in/out (fp32); A [E, N] = -exp(A_log); x, dt_in, z, y: [B*length, E];
 // Bm, Cm: [B*length, N]. dt_bias, D and z may be null (no bias, no skip, no gate). The state is never
 // written per token, only at the end.
+// Packed documents: with `positions` (as ConvArgs::positions), h is set to zero before every token
+// at position 0, so each document starts from the zero state; a row whose first position is > 0
+// continues from `state`.
 struct ScanArgs {
   int batch = 0;
   int64_t length = 0, d_inner = 0, d_state = 0;
@@ -83,6 +94,7 @@ struct ScanArgs {
   // saved here, [B, ceil(length / every), E, N], for selective_scan_backward to recompute from.
   float* checkpoints = nullptr;
   int64_t checkpoint_every = 0;
+  const int32_t* positions = nullptr;  // [B*length] or null, see above
 };
 void selective_scan(const ScanArgs& a);
 
@@ -103,17 +115,24 @@ void rmsnorm_backward(const float* x, int64_t x_ld, int64_t M, int64_t D, const 
 void linear_backward(const float* x, int64_t x_ld, int64_t M, const Weight& w, const float* dy, int64_t dy_ld,
                      float* dx, int64_t dx_ld, bool accumulate_dx, float* dw, float* dbias);
 
-// causal_conv1d_silu backward, the sequences starting from zero state (a.state is ignored). Recomputes
-// the pre-activation from a.x. dout = dL/d(out) [B*length, E]; dx [B*length, E] is overwritten
-// (dx may alias neither x nor dout); dweight [E, W] and dbias [E] (when not null) accumulate.
+// causal_conv1d_silu backward. forward.state is the state the forward STARTED from, read only (null:
+// zeros), forward.positions as in the forward. Recomputes the pre-activation from a.x. dout =
+// dL/d(out) [B*length, E]; dx [B*length, E] is overwritten (dx may alias neither x nor dout);
+// dweight [E, W] and dbias [E] (when not null) accumulate.
+// States: dstate_final [B, E, W-1] (may be null: zero) is dL/d(the state the forward left behind):
+// its entries that were inputs of the row add to dx, those still from the initial state to dstate.
+// dstate [B, E, W-1] (may be null) is overwritten with dL/d(initial state): the taps of the first
+// W-1 tokens that read it, plus dstate_final's share. dstate may not alias dstate_final.
 struct ConvBackwardArgs {
-  ConvArgs forward;  // batch, length, channels, width, x, weight, bias (state, out unused)
+  ConvArgs forward;  // batch, length, channels, width, x, weight, bias, state (read), positions (out unused)
   const float* dout = nullptr;
   int64_t dout_ld = 0;
   float* dx = nullptr;
   int64_t dx_ld = 0;
   float* dweight = nullptr;
   float* dbias = nullptr;
+  const float* dstate_final = nullptr;
+  float* dstate = nullptr;
 };
 void causal_conv1d_silu_backward(const ConvBackwardArgs& a);
 
@@ -124,6 +143,11 @@ void causal_conv1d_silu_backward(const ConvBackwardArgs& a);
 // Overwritten: dx, ddt (dL/d(dt_in), before bias and softplus) [B*length, E]; dB, dC [B*length, N]
 // (at ld dbc_ld); dz [B*length, E] (when forward.z). Accumulated: dD [E], ddt_bias [E] (when the
 // forward had them), dA_log [E, N] (dL/dA_log, through A = -exp(A_log)).
+// States: checkpoint 0 is the state the forward started from, so the recomputation starts right.
+// dstate_final [B, E, N] (may be null: zero) is dL/d(final state), where the reverse scan starts;
+// dstate [B, E, N] (may be null) is overwritten with dL/d(initial state) = exp(dt_0 A) dL/dh_0.
+// With forward.positions, no gradient crosses a document start (the state before it is zero), and
+// dstate is zero for a row whose first position is 0. dstate may not alias dstate_final.
 struct ScanBackwardArgs {
   ScanArgs forward;
   const float* dy = nullptr;
@@ -140,6 +164,8 @@ struct ScanBackwardArgs {
   float* dD = nullptr;
   float* ddt_bias = nullptr;
   float* dA_log = nullptr;
+  const float* dstate_final = nullptr;
+  float* dstate = nullptr;
 };
 void selective_scan_backward(const ScanBackwardArgs& a);
 

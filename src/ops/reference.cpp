@@ -60,21 +60,31 @@ void linear(const float* x, int64_t x_ld, int64_t M, const Weight& w, const floa
   }
 }
 
+int conv_first_tap(int32_t position, int width) { return std::max(0, width - 1 - position); }
+
+int conv_first_kept_state(const ConvArgs& a, int b) {
+  if (!a.positions || a.length == 0) return 0;
+  return std::max(0, conv_first_tap(a.positions[(b + 1) * a.length - 1], a.width) - 1);
+}
+
 void causal_conv1d_silu_channels(const ConvArgs& a, int b, int64_t e0, int64_t e1) {
   const int W = a.width;
   const int64_t L = a.length;
+  const int kept = conv_first_kept_state(a, b);
   for (int64_t e = e0; e < e1; ++e) {
     float* state = a.state + (int64_t(b) * a.channels + e) * (W - 1);
     // Input at position p of this chunk; p < 0 reaches into the state (oldest first).
     auto input = [&](int64_t p) { return p < 0 ? state[W - 1 + p] : a.x[(b * L + p) * a.x_ld + e]; };
     for (int64_t t = 0; t < L; ++t) {
       float acc = a.bias ? a.bias[e] : 0.0f;
-      for (int k = 0; k < W; ++k) acc += a.weight[e * W + k] * input(t - (W - 1) + k);
+      const int first = a.positions ? conv_first_tap(a.positions[b * L + t], W) : 0;
+      for (int k = first; k < W; ++k) acc += a.weight[e * W + k] * input(t - (W - 1) + k);
       a.out[(b * L + t) * a.out_ld + e] = silu(acc);
     }
-    // Keep the last W-1 inputs. In increasing k, state[k] is written only after every read of
-    // it (input(L - (W-1) + k) reads state[k + L] when that lies in the old state).
-    for (int k = 0; k < W - 1; ++k) state[k] = input(L - (W - 1) + k);
+    // Keep the last W-1 inputs (those of the last document). In increasing k, state[k] is written
+    // only after every read of it (input(L - (W-1) + k) reads state[k + L] when that lies in the
+    // old state).
+    for (int k = 0; k < W - 1; ++k) state[k] = k < kept ? 0.0f : input(L - (W - 1) + k);
   }
 }
 
@@ -124,6 +134,7 @@ void selective_scan_channels(const ScanArgs& a, int b, int64_t e0, int64_t e1) {
       if (a.checkpoints) std::copy(h, h + N, scan_checkpoint(a, b, t0 / span) + e * N);
       for (int64_t t = t0; t < std::min(L, t0 + span); ++t) {
         const int64_t row = b * L + t;
+        if (a.positions && a.positions[row] == 0) std::fill_n(h, N, 0.0f);  // a new document
         const float y = scan_token(a, row, e, h);
         a.y[row * a.y_ld + e] = a.z ? y * silu(a.z[row * a.z_ld + e]) : y;
       }
@@ -207,27 +218,56 @@ void linear_backward(const float* x, int64_t x_ld, int64_t M, const Weight& w, c
   }
 }
 
+void conv_state_backward_channel(const ConvBackwardArgs& g, int b, int64_t e, const float* dpre, int64_t stride) {
+  const ConvArgs& a = g.forward;
+  const int W = a.width, S = W - 1;
+  const int64_t L = a.length, slot = (int64_t(b) * a.channels + e) * S;
+  float* dstate = g.dstate ? g.dstate + slot : nullptr;
+  if (dstate) {
+    std::fill_n(dstate, S, 0.0f);
+    for (int64_t t = 0; t < std::min<int64_t>(L, S); ++t) {
+      const int first = a.positions ? conv_first_tap(a.positions[b * L + t], W) : 0;
+      for (int k = first; k < S - t; ++k) dstate[t + k] += a.weight[e * W + k] * dpre[t * stride];  // p = t - S + k < 0
+    }
+  }
+  if (!g.dstate_final) return;
+  const float* dfinal = g.dstate_final + slot;
+  for (int k = conv_first_kept_state(a, b); k < S; ++k) {
+    const int64_t p = L - S + k;
+    if (p >= 0) g.dx[(b * L + p) * g.dx_ld + e] += dfinal[k];
+    else if (dstate) dstate[S + p] += dfinal[k];
+  }
+}
+
 void causal_conv1d_silu_backward_channels(const ConvBackwardArgs& g, int b, int64_t e0, int64_t e1) {
   const ConvArgs& a = g.forward;
   const int W = a.width;
   const int64_t L = a.length;
+  thread_local std::vector<float> first_dpre;  // dL/d(pre-activation) of tokens 0 .. W-2
+  first_dpre.assign(size_t(W), 0.0f);
   for (int64_t e = e0; e < e1; ++e) {
     const float* w = a.weight + e * W;
-    // Input at position p of the sequence; the sequence starts from zero state.
-    auto input = [&](int64_t p) { return p < 0 ? 0.0f : a.x[(b * L + p) * a.x_ld + e]; };
+    const float* state = a.state ? a.state + (int64_t(b) * a.channels + e) * (W - 1) : nullptr;
+    // Input at position p of the sequence; p < 0 reaches into the initial state (zeros when null).
+    auto input = [&](int64_t p) {
+      return p >= 0 ? a.x[(b * L + p) * a.x_ld + e] : state ? state[W - 1 + p] : 0.0f;
+    };
     auto dx = [&](int64_t p) -> float& { return g.dx[(b * L + p) * g.dx_ld + e]; };
     for (int64_t t = 0; t < L; ++t) dx(t) = 0.0f;
     for (int64_t t = 0; t < L; ++t) {
+      const int first = a.positions ? conv_first_tap(a.positions[b * L + t], W) : 0;
       float u = a.bias ? a.bias[e] : 0.0f;
-      for (int k = 0; k < W; ++k) u += w[k] * input(t - (W - 1) + k);
+      for (int k = first; k < W; ++k) u += w[k] * input(t - (W - 1) + k);
       const float dpre = g.dout[(b * L + t) * g.dout_ld + e] * silu_grad(u);
-      for (int k = 0; k < W; ++k) {
+      if (t < W - 1) first_dpre[size_t(t)] = dpre;
+      for (int k = first; k < W; ++k) {
         const int64_t p = t - (W - 1) + k;
         if (p >= 0) dx(p) += w[k] * dpre;
         if (g.dweight) g.dweight[e * W + k] += dpre * input(p);
       }
       if (g.dbias) g.dbias[e] += dpre;
     }
+    if (g.dstate || g.dstate_final) conv_state_backward_channel(g, b, e, first_dpre.data(), 1);
   }
 }
 
@@ -288,23 +328,31 @@ struct ScanChannelGrads {
   int64_t ld = 0;
 };
 
-// The reverse scan of channel e of sequence b over tokens [t0, t1). states: (t1 - t0 + 1) N
+// Whether the token of `row` starts a document: the state before it is zero (ScanArgs::positions).
+bool starts_document(const ScanArgs& a, int64_t row) { return a.positions && a.positions[row] == 0; }
+
+// The reverse scan of channel e of sequence b over tokens [t0, t1). states: (t1 - t0 + 2) N
 // floats whose first N hold the state before t0; the states after each token are recomputed into
-// the rest. Writes dx, ddt and dz of these tokens and adds to everything in `grads`.
+// the next, and the last N are zeros (the state before a document's first token). Writes dx, ddt
+// and dz of these tokens and adds to everything in `grads`.
 void scan_backward_span(const ScanBackwardArgs& g, int b, int64_t e, int64_t t0, int64_t t1, float* states,
                         ScanChannelGrads& grads) {
   const ScanArgs& a = g.forward;
   const int64_t N = a.d_state, L = a.length;
+  const float* zeros = states + (t1 - t0 + 1) * N;
+  std::fill_n(states + (t1 - t0 + 1) * N, N, 0.0f);
   for (int64_t t = t0; t < t1; ++t) {
     float* h = states + (t - t0 + 1) * N;
-    std::copy(h - N, h, h);
+    if (starts_document(a, b * L + t)) std::fill_n(h, N, 0.0f);
+    else std::copy(h - N, h, h);
     scan_token(a, b * L + t, e, h);
   }
   const float D = a.D ? a.D[e] : 0.0f;
   for (int64_t t = t1 - 1; t >= t0; --t) {
     const int64_t row = b * L + t;
-    const float* h_prev = states + (t - t0) * N;  // h_{t-1}
-    const float* h = h_prev + N;                  // h_t
+    const bool restart = starts_document(a, row);
+    const float* h = states + (t - t0 + 1) * N;                         // h_t
+    const float* h_prev = restart ? zeros : states + (t - t0) * N;      // h_{t-1}, as the update read it
     const float* Bm = a.Bm + row * a.bc_ld;
     const float* Cm = a.Cm + row * a.bc_ld;
     const float x = a.x[row * a.x_ld + e], dt_in = scan_dt_input(a, row, e), dt = softplus(dt_in);
@@ -329,6 +377,7 @@ void scan_backward_span(const ScanBackwardArgs& g, int b, int64_t e, int64_t t0,
       grads.dA[n] += dh * dt * decay * h_prev[n];
       dh *= decay;  // dL/dh_{t-1} through h_t
     }
+    if (restart) std::fill_n(grads.dh, N, 0.0f);  // h_{t-1} did not reach h_t
     g.dx[row * g.dx_ld + e] = dy_raw * D + dt * dh_dot_B;
     const float d_dt_in = d_dt * sigmoid(dt_in);  // softplus' = sigmoid
     g.ddt[row * g.ddt_ld + e] = d_dt_in;
@@ -338,23 +387,26 @@ void scan_backward_span(const ScanBackwardArgs& g, int b, int64_t e, int64_t t0,
 }
 
 // Channel e of sequence b, in spans of `span` tokens from the last (span a multiple of
-// checkpoint_every, or at least the length: one span from checkpoint 0). Adds the tokens' dB and dC
-// to the rows `grads` points at and returns the sums over tokens in grads (dh and dA point into a
-// per-thread scratch, valid until the next call on this thread).
+// checkpoint_every, or at least the length: one span from checkpoint 0). The reverse scan starts
+// from dstate_final (or zero) and leaves dL/d(initial state) in dstate (when not null). Adds the
+// tokens' dB and dC to the rows `grads` points at and returns the sums over tokens in grads (dh
+// and dA point into a per-thread scratch, valid until the next call on this thread).
 void scan_backward_channel(const ScanBackwardArgs& g, int b, int64_t e, int64_t span, ScanChannelGrads& grads) {
   const ScanArgs& a = g.forward;
-  const int64_t N = a.d_state, L = a.length;
+  const int64_t N = a.d_state, L = a.length, slot = (int64_t(b) * a.d_inner + e) * N;
   thread_local std::vector<float> scratch;  // grows, never shrinks: no allocation per training step
-  scratch.resize(std::max(scratch.size(), size_t((std::min(span, L) + 3) * N)));
+  scratch.resize(std::max(scratch.size(), size_t((std::min(span, L) + 4) * N)));
   grads.dh = scratch.data(), grads.dA = grads.dh + N;
   float* states = grads.dA + N;
   std::fill(grads.dh, grads.dh + 2 * N, 0.0f);
+  if (g.dstate_final) std::copy_n(g.dstate_final + slot, N, grads.dh);
   grads.dD = grads.ddt_bias = 0.0f;
   for (int64_t t0 = (L - 1) / span * span; t0 >= 0; t0 -= span) {
     const float* saved = scan_checkpoint(a, b, t0 / a.checkpoint_every) + e * N;
     std::copy(saved, saved + N, states);
     scan_backward_span(g, b, e, t0, std::min(L, t0 + span), states, grads);
   }
+  if (g.dstate) std::copy_n(grads.dh, N, g.dstate + slot);
 }
 
 void check_scan_backward_args(const ScanBackwardArgs& g) {
@@ -366,6 +418,12 @@ void check_scan_backward_args(const ScanBackwardArgs& g) {
 
 }  // namespace
 
+void pass_state_gradient(const ScanBackwardArgs& g) {
+  const int64_t count = g.forward.batch * g.forward.d_inner * g.forward.d_state;
+  if (g.dstate && g.dstate_final) std::copy_n(g.dstate_final, count, g.dstate);
+  else if (g.dstate) std::fill_n(g.dstate, count, 0.0f);
+}
+
 void selective_scan_backward(const ScanBackwardArgs& g) {
   check_scan_backward_args(g);
   const ScanArgs& a = g.forward;
@@ -374,7 +432,7 @@ void selective_scan_backward(const ScanBackwardArgs& g) {
     std::fill_n(g.dB + row * g.dbc_ld, N, 0.0f);
     std::fill_n(g.dC + row * g.dbc_ld, N, 0.0f);
   }
-  if (L == 0) return;
+  if (L == 0) return pass_state_gradient(g);
   for (int b = 0; b < a.batch; ++b)
     for (int64_t e = 0; e < a.d_inner; ++e) {
       ScanChannelGrads grads{.dB = g.dB + b * L * g.dbc_ld, .dC = g.dC + b * L * g.dbc_ld, .ld = g.dbc_ld};

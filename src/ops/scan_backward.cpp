@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "ops/cpu/kernels.h"
 #include "ops/ops.h"
+#include "ops/reference.h"
 
 namespace mambacpp::ops {
 namespace {
@@ -50,7 +51,7 @@ void selective_scan_backward(const ScanBackwardArgs& g) {
   check_args(g);
   const ScanArgs& a = g.forward;
   const int64_t B = a.batch, L = a.length, E = a.d_inner, N = a.d_state;
-  if (B == 0 || L == 0) return;
+  if (B == 0 || L == 0) return reference::pass_state_gradient(g);
   const int64_t blocks = (E + kChannelBlock - 1) / kChannelBlock, tasks = B * blocks;
   const int64_t dbc_floats = L * 2 * N, dparams_floats = E * N + 2 * E;  // per task, per sequence
   Partials& p = partials();

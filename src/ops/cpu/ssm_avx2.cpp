@@ -47,8 +47,11 @@ inline void scan_token_blocks(const ScanArgs& a, int64_t row, int64_t e, const f
 // for all the blocks, kInterleave blocks at a time. scratch: 2 * blocks * N * 8 floats, the
 // blocks' state and A, laid out [block][N][8]. With checkpoints the state is also saved before
 // every checkpoint_every-th token.
+// kPositions: whether a.positions is set (a template argument, so the path without packed documents
+// has no test for restarts in its token loop).
 constexpr int kInterleave = 2;  // 1: 0.87, 2: 0.79, 3: 0.84, 4: 0.79 ns per element, one thread
-void scan_blocks(const ScanArgs& a, int b, int64_t e0, int64_t blocks, float* scratch) {
+template <bool kPositions>
+[[gnu::noinline]] void scan_blocks(const ScanArgs& a, int b, int64_t e0, int64_t blocks, float* scratch) {
   const int64_t N = a.d_state, L = a.length, E = a.d_inner, block_floats = N * kLanes;
   float* h = scratch;
   float* A = scratch + blocks * block_floats;
@@ -63,6 +66,8 @@ void scan_blocks(const ScanArgs& a, int b, int64_t e0, int64_t blocks, float* sc
     const int64_t t1 = t0 + span < L ? t0 + span : L;  // not std::min: see kernels.cpp's note
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t row = b * L + t;
+      if (kPositions && a.positions[row] == 0)  // a new document starts from the zero state
+        for (int64_t i = 0; i < blocks * block_floats; i += kLanes) _mm256_store_ps(h + i, _mm256_setzero_ps());
       int64_t k = 0;
       for (; k + kInterleave <= blocks; k += kInterleave)
         scan_token_blocks<kInterleave>(a, row, e0 + k * kLanes, A + k * block_floats, h + k * block_floats);
@@ -74,8 +79,11 @@ void scan_blocks(const ScanArgs& a, int b, int64_t e0, int64_t blocks, float* sc
 
 // Channels [e0, e0 + 8 * blocks) of sequence b, token by token as scan_blocks. The weights
 // and the saved inputs are laid out [k][block][8], so block j of any source row is 8 j floats on.
-// scratch: (2W - 1) * blocks * 8 floats.
-void conv_blocks(const ConvArgs& a, int b, int64_t e0, int64_t blocks, float* scratch) {
+// scratch: (2W - 1) * blocks * 8 floats. kPositions: whether a.positions is set. Not inlined: with
+// both instantiations inlined into conv_channels_avx2 the path without positions ran 10-20% slower
+// (bench/ops_bench conv/B:1/L:512, one thread); as functions of their own they run as before.
+template <bool kPositions>
+[[gnu::noinline]] void conv_blocks(const ConvArgs& a, int b, int64_t e0, int64_t blocks, float* scratch) {
   const int W = a.width;
   const int64_t L = a.length, row_floats = blocks * kLanes;
   float* w = scratch;                   // [W][blocks][8]
@@ -90,17 +98,20 @@ void conv_blocks(const ConvArgs& a, int b, int64_t e0, int64_t blocks, float* sc
   auto inputs = [&](int64_t p) { return p < 0 ? old + (W - 1 + p) * row_floats : a.x + (b * L + p) * a.x_ld + e0; };
   for (int64_t t = 0; t < L; ++t) {
     float* out = a.out + (b * L + t) * a.out_ld + e0;
+    const int first = kPositions ? reference::conv_first_tap(a.positions[b * L + t], W) : 0;
     for (int64_t c = 0; c < row_floats; c += kLanes) {
       __m256 acc = a.bias ? _mm256_loadu_ps(a.bias + e0 + c) : _mm256_setzero_ps();
-      for (int k = 0; k < W; ++k)
+      for (int k = first; k < W; ++k)
         acc = _mm256_fmadd_ps(_mm256_load_ps(w + k * row_floats + c), _mm256_loadu_ps(inputs(t - (W - 1) + k) + c), acc);
       _mm256_storeu_ps(out + c, silu8(acc));
     }
   }
-  // The new state: the last W-1 inputs (old state entries first where the chunk is shorter).
+  // The new state: the last W-1 inputs (old state entries first where the chunk is shorter), zero
+  // before the last document's start.
+  const int kept = kPositions ? reference::conv_first_kept_state(a, b) : 0;
   for (int k = 0; k < W - 1; ++k) {
     const float* in = inputs(L - (W - 1) + k);
-    for (int64_t c = 0; c < row_floats; ++c) state[c * (W - 1) + k] = in[c];
+    for (int64_t c = 0; c < row_floats; ++c) state[c * (W - 1) + k] = k < kept ? 0.0f : in[c];
   }
 }
 
@@ -109,13 +120,17 @@ void conv_blocks(const ConvArgs& a, int b, int64_t e0, int64_t blocks, float* sc
 void scan_channels_avx2(const ScanArgs& a, int b, int64_t e0, int64_t e1) {
   MAMBACPP_CHECK(!a.checkpoints || a.checkpoint_every > 0);
   const int64_t blocks = (e1 - e0) / kLanes;
-  if (blocks > 0) scan_blocks(a, b, e0, blocks, thread_scratch(size_t(2 * blocks * a.d_state * kLanes)));
+  float* scratch = blocks > 0 ? thread_scratch(size_t(2 * blocks * a.d_state * kLanes)) : nullptr;
+  if (blocks > 0 && a.positions) scan_blocks<true>(a, b, e0, blocks, scratch);
+  else if (blocks > 0) scan_blocks<false>(a, b, e0, blocks, scratch);
   if (e0 + blocks * kLanes < e1) reference::selective_scan_channels(a, b, e0 + blocks * kLanes, e1);
 }
 
 void conv_channels_avx2(const ConvArgs& a, int b, int64_t e0, int64_t e1) {
   const int64_t blocks = (e1 - e0) / kLanes;
-  if (blocks > 0) conv_blocks(a, b, e0, blocks, thread_scratch(size_t((2 * a.width - 1) * blocks * kLanes)));
+  float* scratch = blocks > 0 ? thread_scratch(size_t((2 * a.width - 1) * blocks * kLanes)) : nullptr;
+  if (blocks > 0 && a.positions) conv_blocks<true>(a, b, e0, blocks, scratch);
+  else if (blocks > 0) conv_blocks<false>(a, b, e0, blocks, scratch);
   if (e0 + blocks * kLanes < e1) reference::causal_conv1d_silu_channels(a, b, e0 + blocks * kLanes, e1);
 }
 

@@ -42,19 +42,21 @@ struct BackwardScratch {
   float* dA;      // [blocks][N][8] dL/dA, summed over tokens
   float* sums;    // [blocks][2][8] dL/dD and dL/d(dt_bias), summed over tokens
   float* dbc;     // [2N][8] the current token's dB then dC, per lane
+  float* zeros;   // [N][8] the state before a document's first token
   float* dt;      // [span][blocks][8] the chunk's dt
   float* states;  // [span + 1][blocks][N][8] the chunk's states, the one before its first token first
   float* decays;  // [span][blocks][N][8] the chunk's exp(dt A)
 
   BackwardScratch(int64_t blocks_, int64_t N_, int64_t span) : blocks(blocks_), N(N_) {
     const int64_t block_floats = N * kLanes;
-    A = thread_scratch(size_t(3 * blocks * block_floats + 2 * blocks * kLanes + 2 * block_floats +
+    A = thread_scratch(size_t(3 * blocks * block_floats + 2 * blocks * kLanes + 3 * block_floats +
                               span * blocks * kLanes + (2 * span + 1) * blocks * block_floats));
     dh = A + blocks * block_floats;
     dA = dh + blocks * block_floats;
     sums = dA + blocks * block_floats;
     dbc = sums + 2 * blocks * kLanes;
-    dt = dbc + 2 * block_floats;
+    zeros = dbc + 2 * block_floats;
+    dt = zeros + block_floats;
     states = dt + span * blocks * kLanes;
     decays = states + (span + 1) * blocks * block_floats;
   }
@@ -63,17 +65,21 @@ struct BackwardScratch {
 };
 
 // The states after tokens t0 .. t1 - 1 into slots 1 .. t1 - t0 from the one in slot 0, with
-// their dt and decays.
+// their dt and decays. A document's first token starts from zeros, as in the forward. kPositions:
+// whether a.positions is set (a template argument here and below, so the path without packed
+// documents tests for no restarts).
+template <bool kPositions>
 void recompute_chunk(const ScanArgs& a, int b, int64_t e0, int64_t t0, int64_t t1, const BackwardScratch& s) {
   const int64_t N = a.d_state;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t row = b * a.length + t, slot = t - t0;
     const float* Bm = a.Bm + row * a.bc_ld;
+    const bool restart = kPositions && a.positions[row] == 0;
     for (int64_t k = 0; k < s.blocks; ++k) {
       const ScanToken token = scan_token_start(a, row, e0 + k * kLanes);
       _mm256_store_ps(s.dt + (slot * s.blocks + k) * kLanes, token.dt);
       const float* A = s.A + k * N * kLanes;
-      const float* h_in = s.state(slot, k);
+      const float* h_in = restart ? s.zeros : s.state(slot, k);
       float* h_out = s.state(slot + 1, k);
       float* decay = s.decay(slot, k);
       for (int64_t i = 0; i < N * kLanes; i += kLanes) {
@@ -87,18 +93,18 @@ void recompute_chunk(const ScanArgs& a, int b, int64_t e0, int64_t t0, int64_t t
 
 // The reverse step of token t (chunk slot `slot`) for block k: per state index n, dh += dy_raw C
 // (now dL/dh_t), the sums over n that dx, ddt and dz need, the block's dA and the token's per-lane
-// dB and dC; then dh *= exp(dt A) (dL/dh_{t-1} through h_t). Writes dx, ddt and dz, adds to the
+// dB and dC; then dh *= exp(dt A) (dL/dh_{t-1} through h_t; zero at a document's start). Writes dx, ddt and dz, adds to the
 // block's dD and ddt_bias sums. (Interleaving two blocks, as the forward does, was slower here: 1.86
 // against 1.48 ns per element, one thread, the registers no longer suffice.)
 void reverse_token_block(const ScanBackwardArgs& g, int64_t row, int64_t e, int64_t slot, int64_t k,
-                         const BackwardScratch& s) {
+                         bool restart, const BackwardScratch& s) {
   const ScanArgs& a = g.forward;
   const int64_t N = a.d_state, block_floats = N * kLanes;
   const float* Bm = a.Bm + row * a.bc_ld;
   const float* Cm = a.Cm + row * a.bc_ld;
   const float* A = s.A + k * block_floats;
   const float* h = s.state(slot + 1, k);   // h_t
-  const float* h_prev = s.state(slot, k);  // h_{t-1}
+  const float* h_prev = restart ? s.zeros : s.state(slot, k);  // h_{t-1} as the update read it
   const float* decay = s.decay(slot, k);
   float* dh = s.dh + k * block_floats;
   float* dA = s.dA + k * block_floats;
@@ -125,6 +131,8 @@ void reverse_token_block(const ScanBackwardArgs& g, int64_t row, int64_t e, int6
     dh_dot_Aq = _mm256_fmadd_ps(_mm256_load_ps(A + i), q, dh_dot_Aq);
     _mm256_store_ps(dh + i, dh_decay);
   }
+  if (restart)  // h_{t-1} did not reach h_t
+    for (int64_t i = 0; i < block_floats; i += kLanes) _mm256_store_ps(dh + i, _mm256_setzero_ps());
   _mm256_storeu_ps(g.dx + row * g.dx_ld + e, _mm256_fmadd_ps(dt, dh_dot_B, _mm256_mul_ps(dy_raw, D)));
   const __m256 d_dt = _mm256_fmadd_ps(x, dh_dot_B, dh_dot_Aq);
   const __m256 d_dt_in = _mm256_mul_ps(d_dt, sigmoid8(scan_dt_input8(a, row, e)));  // softplus' = sigmoid
@@ -141,11 +149,13 @@ void reverse_token_block(const ScanBackwardArgs& g, int64_t row, int64_t e, int6
 }
 
 // Token t of all blocks, then its dB and dC summed over lanes and added to dbc_row [2N].
+template <bool kPositions>
 void reverse_token(const ScanBackwardArgs& g, int b, int64_t e0, int64_t t, int64_t slot, const BackwardScratch& s,
                    float* dbc_row) {
   const int64_t N2 = 2 * g.forward.d_state, row = b * g.forward.length + t;
   for (int64_t i = 0; i < N2 * kLanes; i += kLanes) _mm256_store_ps(s.dbc + i, _mm256_setzero_ps());
-  for (int64_t k = 0; k < s.blocks; ++k) reverse_token_block(g, row, e0 + k * kLanes, slot, k, s);
+  const bool restart = kPositions && g.forward.positions[row] == 0;
+  for (int64_t k = 0; k < s.blocks; ++k) reverse_token_block(g, row, e0 + k * kLanes, slot, k, restart, s);
   int64_t j = 0;
   for (; j + kLanes <= N2; j += kLanes)
     _mm256_storeu_ps(dbc_row + j, _mm256_add_ps(_mm256_loadu_ps(dbc_row + j), lane_sums8(s.dbc + j * kLanes)));
@@ -153,18 +163,22 @@ void reverse_token(const ScanBackwardArgs& g, int b, int64_t e0, int64_t t, int6
 }
 
 // Channels [e0, e0 + 8 * blocks) of sequence b (reference.h's selective_scan_backward_channels).
-void scan_backward_blocks(const ScanBackwardArgs& g, int b, int64_t e0, int64_t blocks, float* dbc, float* dparams) {
+template <bool kPositions>
+[[gnu::noinline]] void scan_backward_blocks(const ScanBackwardArgs& g, int b, int64_t e0, int64_t blocks, float* dbc, float* dparams) {
   const ScanArgs& a = g.forward;
   const int64_t N = a.d_state, L = a.length, E = a.d_inner, every = a.checkpoint_every;
   const BackwardScratch s(blocks, N, every < L ? every : L);
   gather_states(a.A + e0 * N, N, blocks, s.A);
   for (float* p = s.dh; p < s.dbc; p += kLanes) _mm256_store_ps(p, _mm256_setzero_ps());  // dh, dA, sums
+  for (float* p = s.zeros; p < s.dt; p += kLanes) _mm256_store_ps(p, _mm256_setzero_ps());
+  if (g.dstate_final) gather_states(g.dstate_final + (int64_t(b) * E + e0) * N, N, blocks, s.dh);
   for (int64_t t0 = (L - 1) / every * every; t0 >= 0; t0 -= every) {
     const int64_t t1 = t0 + every < L ? t0 + every : L;
     gather_states(reference::scan_checkpoint(a, b, t0 / every) + e0 * N, N, blocks, s.state(0, 0));
-    recompute_chunk(a, b, e0, t0, t1, s);
-    for (int64_t t = t1 - 1; t >= t0; --t) reverse_token(g, b, e0, t, t - t0, s, dbc + t * 2 * N);
+    recompute_chunk<kPositions>(a, b, e0, t0, t1, s);
+    for (int64_t t = t1 - 1; t >= t0; --t) reverse_token<kPositions>(g, b, e0, t, t - t0, s, dbc + t * 2 * N);
   }
+  if (g.dstate) scatter_states(s.dh, N, blocks, g.dstate + (int64_t(b) * E + e0) * N);  // dL/dh_{-1}
   for (int64_t i = 0; i < blocks * N * kLanes; i += kLanes)  // dA_log = dA * A
     _mm256_store_ps(s.dA + i, _mm256_mul_ps(_mm256_load_ps(s.dA + i), _mm256_load_ps(s.A + i)));
   scatter_states(s.dA, N, blocks, dparams + e0 * N);
@@ -180,7 +194,8 @@ void scan_backward_channels_avx2(const ScanBackwardArgs& g, int b, int64_t e0, i
                                  float* dparams) {
   MAMBACPP_CHECK(g.forward.checkpoints && g.forward.checkpoint_every > 0);
   const int64_t blocks = (e1 - e0) / kLanes;
-  if (blocks > 0 && g.forward.length > 0) scan_backward_blocks(g, b, e0, blocks, dbc, dparams);
+  if (blocks > 0 && g.forward.length > 0 && g.forward.positions) scan_backward_blocks<true>(g, b, e0, blocks, dbc, dparams);
+  else if (blocks > 0 && g.forward.length > 0) scan_backward_blocks<false>(g, b, e0, blocks, dbc, dparams);
   if (e0 + blocks * kLanes < e1)
     reference::selective_scan_backward_channels(g, b, e0 + blocks * kLanes, e1, dbc, dparams);
 }
