@@ -17,5 +17,6 @@ void register_prepare(CLI::App& app);     // cmd_prepare.cpp
 void register_train(CLI::App& app);       // cmd_train.cpp
 void register_eval(CLI::App& app);        // cmd_eval.cpp
 void register_grad(CLI::App& app);        // cmd_grad.cpp
+void register_serve(CLI::App& app);       // cmd_serve.cpp
 
 }  // namespace mambacpp::cli

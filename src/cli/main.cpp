@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   mambacpp::cli::register_train(app);
   mambacpp::cli::register_eval(app);
   mambacpp::cli::register_grad(app);
+  mambacpp::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
