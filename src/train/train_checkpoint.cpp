@@ -123,13 +123,15 @@ std::string checkpoint_name(int64_t step) {
 }
 
 fs::path save_checkpoint(const fs::path& checkpoints_dir, const MambaModel& model, const AdamW& optimizer,
-                         const TrainerState& state, const std::optional<fs::path>& tokenizer_json, int64_t keep) {
+                         const TrainerState& state, const std::optional<fs::path>& tokenizer_json, int64_t keep,
+                         const std::function<void(const fs::path&)>& write_more) {
   const fs::path target = checkpoints_dir / checkpoint_name(state.step);
   AtomicDir staging(target);
   const auto tensors = model.hf_tensors(DType::F32);
   // write_hf_checkpoint stages its own folder and swaps it onto our (empty) one.
   write_hf_checkpoint(staging.path(), model.config(), TensorMap(tensors.begin(), tensors.end()), tokenizer_json);
   write_trainer_files(staging.path(), optimizer, state);
+  if (write_more) write_more(staging.path());
   staging.commit();
   write_file_atomically(checkpoints_dir / kLatest, target.filename().string() + "\n");
   prune(checkpoints_dir, state.step, keep);

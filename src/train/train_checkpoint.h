@@ -12,6 +12,7 @@
 #include <array>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -40,10 +41,12 @@ std::string checkpoint_name(int64_t step);
 // Writes checkpoints_dir/step-<state.step> (replacing one of that name), then `latest`, then
 // removes every other step folder except the newest keep - 1 below it (so a run that went back
 // to an earlier checkpoint drops the folders it is redoing). Returns the new folder. On failure
-// (a full disk) the earlier checkpoints and `latest` are as they were.
+// (a full disk) the earlier checkpoints and `latest` are as they were. `write_more`, if set, adds
+// files of its own to the folder while it is staged (--stateful's states.safetensors).
 std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints_dir, const MambaModel& model,
                                       const AdamW& optimizer, const TrainerState& state,
-                                      const std::optional<std::filesystem::path>& tokenizer_json, int64_t keep);
+                                      const std::optional<std::filesystem::path>& tokenizer_json, int64_t keep,
+                                      const std::function<void(const std::filesystem::path&)>& write_more = {});
 
 // The folder `latest` names, or nullopt when there is no `latest`. BadInput if it does not name
 // an existing step folder.

@@ -9,6 +9,13 @@
 // the mean loss over all accum x batch x seq_len targets; clip by global norm; if the loss or the
 // norm is not finite, skip the update (counted; kMaxSkipsInARow in a row stop the run); else one
 // AdamW step at the scheduled learning rate.
+//
+// Data-parallel (train()'s communicator, distributed.h, docs/DISTRIBUTED.md): --batch and --accum
+// stay the global step; every rank draws all windows (so the generator's state does not depend on
+// the rank count), trains on its share (window_share) with the global loss scale, and the
+// gradients are summed over the ranks while the last micro-batch's backward runs. Rank 0 writes
+// the run folder; all ranks hold the same parameters (broadcast from rank 0 at the start,
+// checked every dist_check_every steps).
 #pragma once
 
 #include <atomic>
@@ -21,6 +28,8 @@
 #include <vector>
 
 namespace mambacpp {
+
+class Communicator;
 
 // How a setting lives on when a run is resumed (every one is saved in trainer_state.json):
 //  Run:        fixed for the whole run; a flag given again with --resume must agree.
@@ -52,12 +61,26 @@ struct TrainOptions {
   bool resume = false;
   int64_t stop_after = 0;  // 0: run on to `steps`
   int64_t threads = 0;     // compute threads; 0: leave the current count
+  // Batches made of EOS-ended documents (train/document_batches.h); at most one; none: random windows.
+  bool pack = false, pad = false, stateful = false;
 
   // The flags the user typed (the CLI fills it; API callers may leave it empty). With --resume
   // each must agree with the run's saved value; --config or --init-from exclude the shape flags.
   std::set<std::string> given;
   // Test hook (no flag): the loss of these steps (1-based) is replaced by NaN.
   std::vector<int64_t> poison_loss_at_steps;
+
+  // Data-parallel runs: compare the ranks' parameter digests every N steps (0: only at the start).
+  int64_t dist_check_every = 100;
+  // Test hook (no flag): at the start of step `step`, rank `rank` hangs, exits (code 3), or
+  // changes a parameter (which the next check of the ranks' states finds).
+  struct RankFault {
+    enum Kind { Hang, Exit, Diverge };
+    int rank = 0;
+    int64_t step = 0;
+    Kind kind = Exit;
+  };
+  std::optional<RankFault> rank_fault;
 };
 
 inline constexpr int kMaxSkipsInARow = 5;
@@ -93,6 +116,14 @@ void for_each_setting(Options& o, Visit&& visit) {
                                     "0 = only then", Carried}, o.save_every);
   visit(SettingInfo{"--keep", "Checkpoints to keep (older ones are deleted), >= 1", Carried}, o.keep);
   visit(SettingInfo{"--seed", "Seed of the initial weights and of the training windows", Run}, o.seed);
+  visit(SettingInfo{"--pack", "Rows of documents back to back (one crossing a row's end goes on in the next row), "
+                              "the conv and scan restarting at each; no target crosses a document end, no padding",
+                    Run}, o.pack);
+  visit(SettingInfo{"--pad", "One document per row, padded to the batch's longest (the baseline --pack is "
+                             "measured against)", Run}, o.pad);
+  visit(SettingInfo{"--stateful", "Each row walks the data in consecutive --seq-len windows, starting from the "
+                                  "previous step's final states (truncated BPTT); documents restart at zero", Run},
+        o.stateful);
   visit(SettingInfo{"--stop-after", "End this invocation after N steps with a checkpoint (continue with --resume); "
                                     "0 = run to --steps", Invocation}, o.stop_after);
 }
@@ -126,10 +157,12 @@ struct TrainSummary {
 };
 
 // Runs (or with options.resume continues) the run in options.out. `stop_signal`, if set, is
-// polled after every step: nonzero (a signal number) saves a checkpoint and returns.
+// polled after every step: nonzero (a signal number) saves a checkpoint and returns (with several
+// ranks: any rank's signal, seen by all after the same step). `communicator`: the ranks of a
+// data-parallel run (null: this process alone); every rank calls train() with the same options.
 // Bad data, flags or folders: Error naming them (Usage for flag values, else BadInput);
 // kMaxSkipsInARow non-finite steps in a row: BadInput, the last checkpoint untouched.
 TrainSummary train(TrainOptions options, const TrainEvents& events = {},
-                   const std::atomic<int>* stop_signal = nullptr);
+                   const std::atomic<int>* stop_signal = nullptr, Communicator* communicator = nullptr);
 
 }  // namespace mambacpp
