@@ -27,6 +27,7 @@
 #include "io/config.h"
 #include "model/mamba_model.h"
 #include "test_support.h"
+#include "train_test_support.h"
 #include "text/tokenizer.h"
 #include "train/distributed.h"
 #include "train/metrics.h"
@@ -39,6 +40,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+using testing::read_metrics;
 using testing::read_text;
 using testing::TempDir;
 using testing::test_data;
@@ -302,20 +304,6 @@ void make_data_folder(const fs::path& dir) {
   write_token_file(dir / "train.tokens", tokenizer.encode(sentences(400, 1)), tokenizer.vocab_size());
   write_token_file(dir / "val.tokens", tokenizer.encode(sentences(40, 2)), tokenizer.vocab_size());
   fs::copy_file(tokenizer_json, dir / "tokenizer.json");
-}
-
-std::vector<MetricsRow> read_metrics(const fs::path& run) {
-  const std::string text = read_text(run / "metrics.csv");
-  std::vector<MetricsRow> rows;
-  size_t start = text.find('\n') + 1;
-  while (start < text.size()) {
-    const size_t end = text.find('\n', start);
-    const auto row = parse_metrics_row(std::string_view(text).substr(start, end - start));
-    EXPECT_TRUE(row) << "malformed metrics.csv line: " << text.substr(start, end - start);
-    if (row) rows.push_back(*row);
-    start = end + 1;
-  }
-  return rows;
 }
 
 // The same 20-step run everywhere: a global step of --batch 3 x --accum 2 = 6 windows, so two

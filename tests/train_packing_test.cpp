@@ -14,6 +14,7 @@
 #include "model/mamba_model.h"
 #include "model/parameters.h"
 #include "test_support.h"
+#include "train_test_support.h"
 #include "train/packing.h"
 #include "train/token_data.h"
 
@@ -157,17 +158,7 @@ TEST(PackedRows, RandomDocumentsAreNeitherLostNorDuplicated) {
 
 // ---- A packed row through the model --------------------------------------------------------------
 
-MambaConfig tiny_config() {
-  MambaConfig c;
-  c.vocab_size = 100;
-  c.d_model = 16;
-  c.n_layer = 2;
-  c.d_state = 4;
-  c.d_inner = 32;
-  c.dt_rank = 1;
-  c.eos_token_id = kEos;
-  return c;
-}
+MambaConfig tiny_config() { return testing::tiny_document_config(kEos); }
 
 // Elementwise |expected - actual| <= 1e-6 + 1e-4 |expected| (fp32 sums taken in another order:
 // per row versus per document), reporting the worst element.

@@ -17,6 +17,7 @@
 #include "model/mamba_model.h"
 #include "model/parameters.h"
 #include "test_support.h"
+#include "train_test_support.h"
 #include "train/document_batches.h"
 #include "train/metrics.h"
 #include "train/packing.h"
@@ -36,17 +37,7 @@ using testing::test_data;
 
 constexpr int32_t kEos = 0;
 
-MambaConfig tiny_config() {
-  MambaConfig c;
-  c.vocab_size = 100;
-  c.d_model = 16;
-  c.n_layer = 2;
-  c.d_state = 4;
-  c.d_inner = 32;
-  c.dt_rank = 1;
-  c.eos_token_id = kEos;
-  return c;
-}
+MambaConfig tiny_config() { return testing::tiny_document_config(kEos); }
 
 // 5 6 7 0 | 8 0 | 9 .. 17 0 | 20 21: 18 ids.
 const std::vector<int32_t> kStream = {5, 6, 7, 0, 8, 0, 9, 10, 11, 12, 13, 14, 15, 16, 17, 0, 20, 21};

@@ -30,6 +30,7 @@
 #include "io/safetensors.h"
 #include "model/mamba_model.h"
 #include "test_support.h"
+#include "train_test_support.h"
 #include "text/tokenizer.h"
 #include "train/loss_chart.h"
 #include "train/metrics.h"
@@ -46,6 +47,7 @@ namespace fs = std::filesystem;
 using testing::expect_bad_input;
 using testing::list_dir;
 using testing::read_bytes;
+using testing::read_metrics;
 using testing::read_text;
 using testing::TempDir;
 using testing::test_data;
@@ -106,20 +108,6 @@ std::vector<std::string> tiny_flags(const fs::path& data, const fs::path& out, s
                                    "--threads", "1"};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
-}
-
-std::vector<MetricsRow> read_metrics(const fs::path& run) {
-  const std::string text = read_text(run / "metrics.csv");
-  std::vector<MetricsRow> rows;
-  size_t start = text.find('\n') + 1;
-  while (start < text.size()) {
-    const size_t end = text.find('\n', start);
-    const auto row = parse_metrics_row(std::string_view(text).substr(start, end - start));
-    EXPECT_TRUE(row) << "malformed metrics.csv line: " << text.substr(start, end - start);
-    if (row) rows.push_back(*row);
-    start = end + 1;
-  }
-  return rows;
 }
 
 std::string latest_name(const fs::path& run) {
