@@ -493,13 +493,13 @@ void Engine::Impl::join(std::vector<std::unique_ptr<Sequence>>& ready) {
 // One token for every running sequence, from its row of `logits`; finished ones leave.
 void Engine::Impl::sample_running() {
   leaving.clear();
-  int64_t new_tokens = 0;
   for (size_t s = 0; s < running.size(); ++s) {
     Sequence& seq = *running[s];
     try {
       const int32_t token = seq.progress.sample(seq.sampler, logits.data() + s * size_t(vocab));
       const bool done = seq.progress.append(token);
-      ++new_tokens;
+      // Counted before the client can see the token, so a scrape after a reply includes it.
+      update_metrics([](EngineMetrics& m) { ++m.generated_tokens_total; });
       if (seq.progress.ids().size() == 1) on_first_token(seq);
       StreamEvent event;
       event.ids.push_back(token);
@@ -515,7 +515,6 @@ void Engine::Impl::sample_running() {
     }
     leaving.push_back(int(s));
   }
-  update_metrics([&](EngineMetrics& m) { m.generated_tokens_total += new_tokens; });
   remove_slots(leaving);
 }
 
@@ -585,14 +584,14 @@ void Engine::Impl::finish(Sequence& seq, int slot) {
   seq.timing.new_tokens = int64_t(seq.progress.ids().size());
   seq.timing.decode_seconds = seconds(Clock::now() - seq.first_token);
   StreamControl::set_timing(*seq.stream, seq.timing);
+  if (seq.timing.new_tokens > 1)  // recorded before the client can see the end
+    update_metrics([&](EngineMetrics& m) {
+      m.time_per_output_token.observe(seq.timing.decode_seconds / double(seq.timing.new_tokens - 1));
+    });
   StreamEvent done;
   done.kind = StreamEvent::Kind::Finished;
   done.reason = seq.progress.reason();
   StreamControl::push(*seq.stream, std::move(done));
-  if (seq.timing.new_tokens > 1)
-    update_metrics([&](EngineMetrics& m) {
-      m.time_per_output_token.observe(seq.timing.decode_seconds / double(seq.timing.new_tokens - 1));
-    });
 }
 
 void Engine::Impl::keep_final_state(const std::string& completion_id, std::shared_ptr<const SavedState> state) {
