@@ -5,11 +5,13 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +19,7 @@
 #include <initializer_list>
 #include <iterator>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -96,15 +99,17 @@ inline std::vector<std::string> list_dir(const std::filesystem::path& dir) {
 struct CliRun {
   int code = -1;  // exit code, or 128 + signal
   std::string out, err;
+  double seconds = 0;  // wall time
 };
 
-// Runs the CLI with `args` (no shell), stdout and stderr captured through files in a folder of
-// its own.
-inline CliRun run_cli(const std::vector<std::string>& args) {
+// Runs `args` (no shell; args[0] looked up in PATH), stdout and stderr captured through files in
+// a folder of its own. With limit_s > 0, a program still running after limit_s seconds fails the
+// test and is ended (SIGTERM, so that e.g. mpirun ends its ranks, then SIGKILL 2 s later).
+inline CliRun run_program(const std::vector<std::string>& args, double limit_s = 0) {
+  using Clock = std::chrono::steady_clock;
   static TempDir scratch;
   const std::filesystem::path out = scratch / "stdout", err = scratch / "stderr";
-  std::vector<std::string> strings = {MAMBACPP_CLI};
-  strings.insert(strings.end(), args.begin(), args.end());
+  std::vector<std::string> strings = args;
   std::vector<char*> argv;
   for (auto& s : strings) argv.push_back(s.data());
   argv.push_back(nullptr);
@@ -114,18 +119,42 @@ inline CliRun run_cli(const std::vector<std::string>& args) {
   posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   pid_t pid = 0;
   CliRun run;
-  const int spawn_error = posix_spawn(&pid, MAMBACPP_CLI, &actions, nullptr, argv.data(), environ);
+  const Clock::time_point start = Clock::now();
+  const int spawn_error = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   if (spawn_error != 0) {
-    ADD_FAILURE() << "cannot run " << MAMBACPP_CLI;
+    ADD_FAILURE() << "cannot run " << args[0];
     return run;
   }
   int status = 0;
-  waitpid(pid, &status, 0);
+  if (limit_s <= 0) {
+    waitpid(pid, &status, 0);
+  } else {
+    bool over_time = false;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+      if (!over_time && std::chrono::duration<double>(Clock::now() - start).count() > limit_s) {
+        over_time = true;
+        ADD_FAILURE() << args[0] << " " << (args.size() > 1 ? args[1] : "") << "... still ran after " << limit_s
+                      << " s: ended";
+        kill(pid, SIGTERM);
+        std::this_thread::sleep_for(std::chrono::seconds(2));
+        kill(pid, SIGKILL);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  run.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   run.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   run.out = read_text(out);
   run.err = read_text(err);
   return run;
+}
+
+// Runs the CLI (MAMBACPP_CLI) with `args`, as run_program.
+inline CliRun run_cli(const std::vector<std::string>& args) {
+  std::vector<std::string> all = {MAMBACPP_CLI};
+  all.insert(all.end(), args.begin(), args.end());
+  return run_program(all);
 }
 
 }  // namespace mambacpp::testing

@@ -205,52 +205,8 @@ TEST(ParametersDigest, ChangesWithAnyValue) {
 
 // ---- mpirun ---------------------------------------------------------------------------------------
 
-struct Finished {
-  int code = -1;  // exit code, or 128 + signal
-  std::string out, err;
-  double seconds = 0;
-};
-
-// Runs `args` (args[0] looked up in PATH), output captured, ended (and failed) past `limit_s`.
-Finished run_program(const std::vector<std::string>& args, double limit_s) {
-  static TempDir scratch;
-  const fs::path out = scratch / "stdout", err = scratch / "stderr";
-  std::vector<std::string> strings = args;
-  std::vector<char*> argv;
-  for (auto& s : strings) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = 0;
-  const Clock::time_point start = Clock::now();
-  const int spawn_error = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  Finished f;
-  if (spawn_error != 0) {
-    ADD_FAILURE() << "cannot run " << args[0];
-    return f;
-  }
-  int status = 0;
-  bool over_time = false;
-  while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (!over_time && std::chrono::duration<double>(Clock::now() - start).count() > limit_s) {
-      over_time = true;
-      ADD_FAILURE() << args[0] << " " << (args.size() > 1 ? args[1] : "") << "... still ran after " << limit_s
-                    << " s: ended";
-      kill(pid, SIGTERM);  // mpirun ends its ranks
-      std::this_thread::sleep_for(std::chrono::seconds(2));
-      kill(pid, SIGKILL);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  f.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  f.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  f.out = read_text(out);
-  f.err = read_text(err);
-  return f;
-}
+using testing::CliRun;
+using testing::run_program;
 
 // Generous: the ASan build on a loaded 2-core machine.
 constexpr double kRunLimitS = 120;
@@ -260,7 +216,7 @@ constexpr double kRunLimitS = 120;
 // `check_leaks`: leaks inside OpenMPI are suppressed by library (tests/lsan.supp), which only a
 // full unwind at each allocation reaches (its components are unloaded before the report), and
 // that doubles a rank's time; one leak-checked job covers the code every job runs.
-Finished mpirun_train(int ranks, const std::vector<std::string>& train_args,
+CliRun mpirun_train(int ranks, const std::vector<std::string>& train_args,
                       const std::vector<std::string>& environment = {}, bool check_leaks = false) {
   // --oversubscribe: CI's machine may have fewer free cores than ranks. The shared-memory
   // transport copies through the sender's buffer (no cross-process reads, which containers
@@ -277,7 +233,7 @@ Finished mpirun_train(int ranks, const std::vector<std::string>& train_args,
   return run_program(args, kRunLimitS);
 }
 
-Finished one_process_train(const std::vector<std::string>& train_args) {
+CliRun one_process_train(const std::vector<std::string>& train_args) {
   std::vector<std::string> args = {MAMBACPP_CLI};
   args.insert(args.end(), train_args.begin(), train_args.end());
   return run_program(args, kRunLimitS);
@@ -317,7 +273,7 @@ class DistributedTraining : public ::testing::Test {
     setenv("LSAN_OPTIONS", ("suppressions=" + suppressions + ":print_suppressions=0").c_str(), 0);
     dir_ = new TempDir;
     make_data_folder(data());
-    const Finished f = one_process_train(flags(reference()));
+    const CliRun f = one_process_train(flags(reference()));
     ASSERT_EQ(f.code, 0) << f.err;
   }
   static void TearDownTestSuite() {
@@ -372,7 +328,7 @@ TempDir* DistributedTraining::dir_ = nullptr;
 TEST_F(DistributedTraining, TwoRanksMatchOneProcessWithTheSameGlobalBatch) {
   const fs::path run = *dir_ / "two-ranks";
   // Checking every 5 steps that the ranks hold the same parameters and moments: they do.
-  const Finished f = mpirun_train(2, flags(run, {"--dist-check-every", "5"}), {}, /*check_leaks=*/true);
+  const CliRun f = mpirun_train(2, flags(run, {"--dist-check-every", "5"}), {}, /*check_leaks=*/true);
   ASSERT_EQ(f.code, 0) << f.err;
   expect_reference_losses(run);
   // The final weights, which differ by the rounding of summing the gradients in another order
@@ -407,7 +363,7 @@ TEST_F(DistributedTraining, WithoutMpirunDistributedIsOneProcess) {
   const fs::path run = *dir_ / "alone";
   std::vector<std::string> args = flags(run);
   args.push_back("--distributed");
-  const Finished f = one_process_train(args);
+  const CliRun f = one_process_train(args);
   ASSERT_EQ(f.code, 0) << f.err;
   const std::vector<MetricsRow> expected = read_metrics(reference()), actual = read_metrics(run);
   ASSERT_EQ(actual.size(), expected.size());
@@ -423,7 +379,7 @@ TEST_F(DistributedTraining, ResumesWithAnotherNumberOfRanks) {
     const auto part = [&](int ranks, std::vector<std::string> args) {
       return ranks == 1 ? one_process_train(args) : mpirun_train(ranks, args);
     };
-    Finished f = part(first, flags(run, {"--stop-after", "10"}));
+    CliRun f = part(first, flags(run, {"--stop-after", "10"}));
     ASSERT_EQ(f.code, 0) << f.err;
     EXPECT_EQ(read_text(run / "checkpoints/latest"), "step-00000010\n");
     f = part(second, {"train", "--out", run.string(), "--resume", "--threads", "1"});
@@ -433,7 +389,7 @@ TEST_F(DistributedTraining, ResumesWithAnotherNumberOfRanks) {
 }
 
 // Rank 1 fails at the start of step 7 of a run that checkpoints every 5 steps.
-void expect_job_ends_with_checkpoint_5(const fs::path& run, const Finished& f, double timeout_s) {
+void expect_job_ends_with_checkpoint_5(const fs::path& run, const CliRun& f, double timeout_s) {
   EXPECT_NE(f.code, 0) << f.err;
   EXPECT_LT(f.seconds, timeout_s + 20) << "the job did not end soon after the timeout";
   EXPECT_EQ(read_text(run / "checkpoints/latest"), "step-00000005\n");
@@ -444,7 +400,7 @@ void expect_job_ends_with_checkpoint_5(const fs::path& run, const Finished& f, d
 
 TEST_F(DistributedTraining, ARankThatHangsEndsTheJobWithinTheTimeout) {
   const fs::path run = *dir_ / "hang";
-  const Finished f = mpirun_train(2, flags(run, {"--save-every", "5", "--dist-timeout", "5"}),
+  const CliRun f = mpirun_train(2, flags(run, {"--save-every", "5", "--dist-timeout", "5"}),
                                   {"MAMBACPP_TEST_RANK_FAULT=1:7:hang"});
   EXPECT_NE(f.err.find("rank 0: no progress from the other ranks for 5 s during the gradient all-reduce of step 7; "
                        "aborting"),
@@ -456,7 +412,7 @@ TEST_F(DistributedTraining, ARankThatHangsEndsTheJobWithinTheTimeout) {
 
 TEST_F(DistributedTraining, ARankThatDiesEndsTheJob) {
   const fs::path run = *dir_ / "dies";
-  const Finished f = mpirun_train(2, flags(run, {"--save-every", "5", "--dist-timeout", "5"}),
+  const CliRun f = mpirun_train(2, flags(run, {"--save-every", "5", "--dist-timeout", "5"}),
                                   {"MAMBACPP_TEST_RANK_FAULT=1:7:exit"});
   // mpirun sees the rank exit and ends the job, naming it ("Process name: [[job,1],1]" and its
   // exit code), or rank 0 times out.
@@ -468,7 +424,7 @@ TEST_F(DistributedTraining, ARankThatDiesEndsTheJob) {
 
 TEST_F(DistributedTraining, ARankWhoseParametersDriftEndsTheJobAtTheNextCheck) {
   const fs::path run = *dir_ / "diverges";
-  const Finished f = mpirun_train(2, flags(run, {"--save-every", "5", "--dist-check-every", "4"}),
+  const CliRun f = mpirun_train(2, flags(run, {"--save-every", "5", "--dist-check-every", "4"}),
                                   {"MAMBACPP_TEST_RANK_FAULT=1:7:diverge"});
   EXPECT_EQ(f.code, 1) << f.err;
   EXPECT_NE(f.err.find("error: rank 1: the ranks' states differ after step 8: this rank's parameters ("),
@@ -481,7 +437,7 @@ TEST_F(DistributedTraining, AnErrorOnTheRanksEndsTheJobWithTheMessage) {
   std::vector<std::string> args = flags(*dir_ / "too-few-windows");
   *(std::find(args.begin(), args.end(), "--batch") + 1) = "1";
   *(std::find(args.begin(), args.end(), "--accum") + 1) = "1";
-  const Finished f = mpirun_train(2, args);  // 1 x 1 windows per step for 2 ranks
+  const CliRun f = mpirun_train(2, args);  // 1 x 1 windows per step for 2 ranks
   EXPECT_EQ(f.code, 1) << f.err;
   EXPECT_NE(f.err.find("windows per step cannot be shared by 2 ranks"), std::string::npos) << f.err;
 }

@@ -222,20 +222,12 @@ class DocumentRunTest : public ::testing::Test {
   static fs::path temp(const std::string& name) { return dir_->path() / name; }
 
   static TrainOptions options(const fs::path& out) {
-    TrainOptions o;
-    o.data = data().string();
-    o.out = out.string();
-    o.d_model = 16;
-    o.n_layer = 2;
-    o.d_state = 4;
-    o.batch = 2;
-    o.seq_len = 16;
+    TrainOptions o = testing::tiny_options(data(), out);
     o.steps = 12;
     o.warmup = 2;
-    o.lr = 0.03;
     o.eval_every = 4;
     o.eval_tokens = 64;
-    o.save_every = 0;
+    o.keep = TrainOptions{}.keep;
     return o;
   }
 

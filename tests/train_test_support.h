@@ -13,6 +13,7 @@
 #include "io/config.h"
 #include "test_support.h"
 #include "train/metrics.h"
+#include "train/trainer.h"
 
 namespace mambacpp::testing {
 
@@ -29,6 +30,27 @@ inline std::vector<MetricsRow> read_metrics(const std::filesystem::path& run) {
     start = end + 1;
   }
   return rows;
+}
+
+// A run of a tiny model (d_model 16, 2 layers, d_state 4) on 2 x 16-token windows: 20 steps,
+// validation every 5, no periodic checkpoints.
+inline TrainOptions tiny_options(const std::filesystem::path& data, const std::filesystem::path& out) {
+  TrainOptions o;
+  o.data = data.string();
+  o.out = out.string();
+  o.d_model = 16;
+  o.n_layer = 2;
+  o.d_state = 4;
+  o.batch = 2;
+  o.seq_len = 16;
+  o.steps = 20;
+  o.warmup = 3;
+  o.lr = 0.03;
+  o.eval_every = 5;
+  o.eval_tokens = 96;
+  o.save_every = 0;
+  o.keep = 2;
+  return o;
 }
 
 // d_model 16, 2 layers, d_state 4, vocabulary 100: fast enough for many training steps in a test.

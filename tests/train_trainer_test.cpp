@@ -81,24 +81,7 @@ void make_data_folder(const fs::path& dir, int train_sentences = 400, int val_se
   fs::copy_file(kTokenizerJson, dir / "tokenizer.json");
 }
 
-TrainOptions tiny_options(const fs::path& data, const fs::path& out) {
-  TrainOptions o;
-  o.data = data.string();
-  o.out = out.string();
-  o.d_model = 16;
-  o.n_layer = 2;
-  o.d_state = 4;
-  o.batch = 2;
-  o.seq_len = 16;
-  o.steps = 20;
-  o.warmup = 3;
-  o.lr = 0.03;
-  o.eval_every = 5;
-  o.eval_tokens = 96;
-  o.save_every = 0;
-  o.keep = 2;
-  return o;
-}
+using testing::tiny_options;
 
 // The same run as `mambacpp train` flags (plus `extra`).
 std::vector<std::string> tiny_flags(const fs::path& data, const fs::path& out, std::vector<std::string> extra = {}) {

@@ -20,7 +20,7 @@ constexpr size_t kModelTypeBytes = 16;  // model_type, zero-padded
 struct Header {
   char magic[8];
   char model_type[kModelTypeBytes];
-  int64_t vocab_size, d_model, n_layer, d_inner, d_state, d_conv, dt_rank;
+  ModelShape shape;
   uint64_t weights_fingerprint;
   int64_t token_count;
 };
@@ -29,13 +29,7 @@ Header header_for(const ModelSignature& s, int64_t token_count) {
   Header h{};
   std::memcpy(h.magic, kMagic, sizeof kMagic);
   std::memcpy(h.model_type, s.model_type.data(), std::min(s.model_type.size(), kModelTypeBytes));
-  h.vocab_size = s.vocab_size;
-  h.d_model = s.d_model;
-  h.n_layer = s.n_layer;
-  h.d_inner = s.d_inner;
-  h.d_state = s.d_state;
-  h.d_conv = s.d_conv;
-  h.dt_rank = s.dt_rank;
+  h.shape = s.shape;
   h.weights_fingerprint = s.weights_fingerprint;
   h.token_count = token_count;
   return h;
@@ -54,14 +48,14 @@ void check_shape(const Header& h, const ModelSignature& s, std::string_view what
   const std::string model_type(h.model_type, strnlen(h.model_type, kModelTypeBytes));
   if (model_type != s.model_type)
     fail(what, " was saved with a ", model_type, " model; this server runs a ", s.model_type, " model");
-  const std::pair<const char*, std::pair<int64_t, int64_t>> fields[] = {
-      {"vocab_size", {h.vocab_size, s.vocab_size}}, {"d_model", {h.d_model, s.d_model}},
-      {"n_layer", {h.n_layer, s.n_layer}},          {"d_inner", {h.d_inner, s.d_inner}},
-      {"d_state", {h.d_state, s.d_state}},          {"d_conv", {h.d_conv, s.d_conv}},
-      {"dt_rank", {h.dt_rank, s.dt_rank}}};
-  for (const auto& [name, values] : fields)
-    if (values.first != values.second)
-      fail(what, " was saved with a model of ", name, " ", values.first, "; this server's model has ", values.second);
+  const std::pair<const char*, int64_t ModelShape::*> fields[] = {
+      {"vocab_size", &ModelShape::vocab_size}, {"d_model", &ModelShape::d_model}, {"n_layer", &ModelShape::n_layer},
+      {"d_inner", &ModelShape::d_inner},       {"d_state", &ModelShape::d_state}, {"d_conv", &ModelShape::d_conv},
+      {"dt_rank", &ModelShape::dt_rank}};
+  for (const auto& [name, field] : fields)
+    if (h.shape.*field != s.shape.*field)
+      fail(what, " was saved with a model of ", name, " ", h.shape.*field, "; this server's model has ",
+           s.shape.*field);
   if (h.weights_fingerprint != s.weights_fingerprint)
     fail(what, " was saved with other weights of the same shape (a different checkpoint)");
 }
@@ -69,8 +63,9 @@ void check_shape(const Header& h, const ModelSignature& s, std::string_view what
 // Calls visit(pointer, floats) for each layer's conv state, then its SSM state: the file's order.
 template <class State, class Visit>
 void for_each_state_block(State& state, const ModelSignature& s, Visit visit) {
-  const size_t conv = size_t(s.d_inner * (s.d_conv - 1)), ssm = size_t(s.d_inner * s.d_state);
-  for (int l = 0; l < int(s.n_layer); ++l) {
+  const ModelShape& m = s.shape;
+  const size_t conv = size_t(m.d_inner * (m.d_conv - 1)), ssm = size_t(m.d_inner * m.d_state);
+  for (int l = 0; l < int(m.n_layer); ++l) {
     visit(state.conv(l), conv);
     visit(state.ssm(l), ssm);
   }
@@ -82,13 +77,7 @@ ModelSignature model_signature(const MambaModel& model) {
   const MambaConfig& c = model.config();
   ModelSignature s;
   s.model_type = c.model_type;
-  s.vocab_size = c.vocab_size;
-  s.d_model = c.d_model;
-  s.n_layer = c.n_layer;
-  s.d_inner = c.d_inner;
-  s.d_state = c.d_state;
-  s.d_conv = c.d_conv;
-  s.dt_rank = c.dt_rank;
+  s.shape = {c.vocab_size, c.d_model, c.n_layer, c.d_inner, c.d_state, c.d_conv, c.dt_rank};
   const Parameters& p = model.parameters();
   s.weights_fingerprint = fingerprint(p.region(ParamKind::Vector),
                                       size_t(p.table().region_elements(ParamKind::Vector)) * sizeof(float));

@@ -30,9 +30,12 @@ struct SavedState {
 };
 
 // What a saved state must match to be loaded: the shape and a fingerprint of the weights.
+struct ModelShape {  // in the state file's header in this order
+  int64_t vocab_size = 0, d_model = 0, n_layer = 0, d_inner = 0, d_state = 0, d_conv = 0, dt_rank = 0;
+};
 struct ModelSignature {
   std::string model_type;
-  int64_t vocab_size = 0, d_model = 0, n_layer = 0, d_inner = 0, d_state = 0, d_conv = 0, dt_rank = 0;
+  ModelShape shape;
   uint64_t weights_fingerprint = 0;
 };
 ModelSignature model_signature(const MambaModel& model);
