@@ -400,8 +400,10 @@ TEST_F(ServeHttp, MetricsCountRequestsAndTokens) {
   EXPECT_EQ(after.at("mambacpp_generated_tokens_total") - before.at("mambacpp_generated_tokens_total"), generated);
   EXPECT_EQ(after.at("mambacpp_time_to_first_token_seconds_count") -
                 before.at("mambacpp_time_to_first_token_seconds_count"), 3);
-  EXPECT_GE(after.at("mambacpp_http_responses_total{code=\"200\"}") -
-                before.at("mambacpp_http_responses_total{code=\"200\"}"), 4);  // 3 completions + the first scrape
+  // 3 completions + the first scrape. A response is counted once it has been sent, which can be
+  // just after its client returned: wait for the count rather than read it once.
+  const double ok_before = before.at("mambacpp_http_responses_total{code=\"200\"}");
+  EXPECT_TRUE(eventually(port(), [&](auto& m) { return m["mambacpp_http_responses_total{code=\"200\"}"] - ok_before >= 4; }));
   for (const char* name : {"mambacpp_requests_running", "mambacpp_queue_length", "mambacpp_state_cache_hits_total",
                            "mambacpp_time_per_output_token_seconds_sum", "mambacpp_batch_size_bucket{le=\"+Inf\"}"})
     EXPECT_EQ(after.count(name), 1u) << name;
